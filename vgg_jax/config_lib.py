@@ -1,0 +1,67 @@
+"""The config schema: every key a run can set, with its default, in one place.
+
+Config files in configs/ start from ``base_config()`` and override what they
+need, so a locked config accepts exactly these keys and a typo in a
+``--config.x=y`` override fails at parse time.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the full schema with defaults: an MLP on digits trained by Adam."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Compute dtype of the model; params always stay float32.
+  c.dtype = "float32"
+  # Output head: category (softmax + CE), binary (sigmoid + BCE), value (linear + MSE).
+  c.head = "category"
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "digits"
+  # Resize images to image_size x image_size; 0 keeps the native size.
+  c.dataset.image_size = 0
+  # Keep only these class ids, relabelled 0..k-1 (e.g. (3, 8) for a binary task).
+  c.dataset.classes = ()
+  # Fraction of digits held out as the test split (fixed, independent of seed).
+  c.dataset.test_fraction = 0.2
+  c.dataset.synthetic = ml_collections.ConfigDict()
+  c.dataset.synthetic.num_train = 2048
+  c.dataset.synthetic.num_test = 512
+  c.dataset.synthetic.image_shape = (8, 8, 1)
+  c.dataset.synthetic.num_classes = 10
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mlp"
+  c.model.hidden_sizes = (256, 256)  # MLP only.
+  c.model.activation = "relu"
+  c.model.kernel_init = "lecun_normal"
+  c.model.dropout_rate = 0.0
+  c.model.width_multiplier = 1.0  # VGG only: scales every conv's channels.
+  c.model.batch_norm = False  # VGG only.
+  c.model.classifier_sizes = (4096, 4096)  # VGG only: FC-ReLU-Dropout blocks.
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3  # Peak rate; the schedule shapes it.
+  c.optimizer.momentum = 0.9  # momentum, nesterov.
+  c.optimizer.rho = 0.9  # rmsprop decay, adadelta rho.
+  c.optimizer.b1 = 0.9  # adam, nadam, adamw.
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0  # Decoupled for adamw, L2 added to grads otherwise.
+  c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping by global norm.
+  c.optimizer.schedule = "constant"
+  c.optimizer.warmup_steps = 0  # warmup_cosine only.
+  c.optimizer.step_boundaries = (0.5, 0.75)  # step only: fractions of training.
+  c.optimizer.step_factor = 0.1  # step only: multiply the rate by this at each boundary.
+
+  c.batch_size = 64
+  c.eval_batch_size = 512
+  c.num_epochs = 30
+  c.num_train_steps = -1  # -1: num_epochs * steps_per_epoch.
+  c.log_every_steps = 50
+  c.eval_every_steps = -1  # -1: once per epoch; the last step always evaluates.
+  c.checkpoint_every_steps = 200
+  c.keep_checkpoints = 3
+  return c

@@ -1,0 +1,147 @@
+"""Validate a config once, at the edge, before anything compiles or is written.
+
+Every failure raises ``ConfigError`` naming the key, the bad value and what is
+allowed; ``vgg_jax.main`` prints it as one line and exits with code 2.
+"""
+
+import math
+from typing import Iterable
+
+import ml_collections
+
+from vgg_jax import data, models, optim
+from vgg_jax.errors import ConfigError
+from vgg_jax.models import common
+
+
+def _choice(config, key: str, allowed: Iterable[str]):
+  value = _get(config, key)
+  if value not in allowed:
+    raise ConfigError(key, value, "one of " + ", ".join(allowed))
+
+
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def _number(config, key: str, low=None, high=None, *, low_open=False, high_open=False,
+            integer=False, extra: Iterable = ()):
+  """Checks low <=/< value <=/< high; values in `extra` are also allowed."""
+  value = _get(config, key)
+  if value in tuple(extra):
+    return
+  lo = "" if low is None else f"{low} {'<' if low_open else '<='} "
+  hi = "" if high is None else f" {'<' if high_open else '<='} {high}"
+  allowed = f"{'an integer' if integer else 'a number'} with {lo}{key}{hi}"
+  if extra:
+    allowed += " (or " + ", ".join(str(e) for e in extra) + ")"
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  ok = ok and (not integer or float(value).is_integer())
+  if ok and low is not None:
+    ok = value > low if low_open else value >= low
+  if ok and high is not None:
+    ok = value < high if high_open else value <= high
+  if not ok:
+    raise ConfigError(key, value, allowed)
+
+
+def _positive_ints(config, key: str, allow_empty: bool):
+  value = tuple(_get(config, key))
+  if not value and not allow_empty:
+    raise ConfigError(key, value, "a non-empty tuple of positive integers")
+  if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in value):
+    raise ConfigError(key, value, "a tuple of positive integers")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks everything that can be checked without loading data."""
+  _choice(config, "dtype", common.DTYPES)
+  _choice(config, "head", models.HEADS)
+  _choice(config, "dataset.name", data.DATASETS)
+  _choice(config, "model.name", models.MODELS)
+  _choice(config, "model.activation", common.ACTIVATIONS)
+  _choice(config, "model.kernel_init", common.KERNEL_INITS)
+  _choice(config, "optimizer.name", optim.OPTIMIZERS)
+  _choice(config, "optimizer.schedule", optim.SCHEDULES)
+
+  _number(config, "optimizer.learning_rate", 0, low_open=True)
+  _number(config, "optimizer.momentum", 0, 1, high_open=True)
+  _number(config, "optimizer.rho", 0, 1, low_open=True, high_open=True)
+  _number(config, "optimizer.b1", 0, 1, high_open=True)
+  _number(config, "optimizer.b2", 0, 1, high_open=True)
+  _number(config, "optimizer.eps", 0, low_open=True)
+  _number(config, "optimizer.weight_decay", 0)
+  _number(config, "optimizer.grad_clip_norm", 0)
+  _number(config, "optimizer.warmup_steps", 0, integer=True)
+  _number(config, "optimizer.step_factor", 0, low_open=True)
+  for i, _ in enumerate(config.optimizer.step_boundaries):
+    value = config.optimizer.step_boundaries[i]
+    if not isinstance(value, (int, float)) or not 0 < value < 1:
+      raise ConfigError("optimizer.step_boundaries", tuple(config.optimizer.step_boundaries),
+                        "fractions of training strictly between 0 and 1")
+
+  _number(config, "seed", 0, integer=True)
+  _number(config, "batch_size", 1, integer=True)
+  _number(config, "eval_batch_size", 1, integer=True)
+  _number(config, "num_epochs", 1, integer=True)
+  _number(config, "num_train_steps", 1, integer=True, extra=(-1,))
+  _number(config, "log_every_steps", 1, integer=True)
+  _number(config, "eval_every_steps", 1, integer=True, extra=(-1,))
+  _number(config, "checkpoint_every_steps", 1, integer=True)
+  _number(config, "keep_checkpoints", 1, integer=True)
+
+  _number(config, "model.dropout_rate", 0, 1, high_open=True)
+  if config.model.name == "mlp":
+    _positive_ints(config, "model.hidden_sizes", allow_empty=False)
+  else:
+    _number(config, "model.width_multiplier", 0, low_open=True)
+    _positive_ints(config, "model.classifier_sizes", allow_empty=True)
+
+  _validate_dataset(config)
+
+
+def _validate_dataset(config):
+  ds = config.dataset
+  _number(config, "dataset.image_size", 0, integer=True)
+  _number(config, "dataset.test_fraction", 0, 1, low_open=True, high_open=True)
+  if ds.name == "synthetic":
+    _number(config, "dataset.synthetic.num_train", 1, integer=True)
+    _number(config, "dataset.synthetic.num_test", 1, integer=True)
+    _number(config, "dataset.synthetic.num_classes", 2, integer=True)
+    _positive_ints(config, "dataset.synthetic.image_shape", allow_empty=False)
+    if len(ds.synthetic.image_shape) != 3:
+      raise ConfigError("dataset.synthetic.image_shape", tuple(ds.synthetic.image_shape),
+                        "(height, width, channels)")
+  native_classes = data.SOURCES[ds.name].num_classes(ds)
+  classes = tuple(ds.classes)
+  if classes and (len(classes) < 2 or len(set(classes)) != len(classes)
+                  or any(not isinstance(c, int) or not 0 <= c < native_classes
+                         for c in classes)):
+    raise ConfigError("dataset.classes", classes,
+                      f"() or at least 2 distinct class ids in 0..{native_classes - 1}")
+  if config.head == "binary" and data.num_classes(ds) != 2:
+    raise ConfigError("head", config.head,
+                      f"'binary' needs a 2-class task, but {ds.name} has "
+                      f"{data.num_classes(ds)} classes; set dataset.classes=(a, b) "
+                      "or use head=category")
+  height, width, _ = data.image_shape(ds)
+  need = models.required_input_size(config.model)
+  if min(height, width) < need:
+    raise ConfigError("dataset.image_size", ds.image_size,
+                      f"{config.model.name} pools {need.bit_length() - 1} times and needs "
+                      f"images of at least {need}x{need}, but {ds.name} gives "
+                      f"{height}x{width}; set dataset.image_size>={need}")
+
+
+def validate_derived(config: ml_collections.ConfigDict, num_train: int, total_steps: int):
+  """Checks that need the dataset size; runs after loading, before any write."""
+  if config.batch_size > num_train:
+    raise ConfigError("batch_size", config.batch_size,
+                      f"at most the {num_train} training examples of {config.dataset.name}")
+  if config.optimizer.schedule == "warmup_cosine" and not (
+      0 < config.optimizer.warmup_steps < total_steps):
+    raise ConfigError("optimizer.warmup_steps", config.optimizer.warmup_steps,
+                      f"0 < warmup_steps < the run's {total_steps} steps")

@@ -1,0 +1,76 @@
+"""Command line: train and evaluate one config into a workdir.
+
+    python -m vgg_jax.main --config=configs/default.py --workdir=/tmp/vgg_jax/default \
+        --config.optimizer.name=nadam --config.optimizer.learning_rate=3e-3
+
+This file is only the absl app. The logic lives in vgg_jax.train, which can
+be imported and tested without flags. Bad input (a config value, a flag, a
+missing dataset) prints one line on stderr and exits with code 2, before
+anything is written to the workdir.
+"""
+
+import logging as std_logging
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from vgg_jax.errors import DivergedError, UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message: str, code: int = 2):
+  print(f"vgg_jax: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl's parser, but a bad flag or override is one line and exit code 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(f"flag error: {e}")
+
+
+def _setup_logging():
+  """vgg_jax's progress lines on stderr; other libraries' INFO only with --verbosity."""
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  handler = std_logging.StreamHandler(sys.stderr)
+  handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  project_logger = std_logging.getLogger("vgg_jax")
+  project_logger.addHandler(handler)
+  project_logger.setLevel(std_logging.INFO)
+  project_logger.propagate = False
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  _setup_logging()
+  from vgg_jax import config_validation  # pylint: disable=g-import-not-at-top
+  try:
+    config_validation.validate(FLAGS.config)
+    from vgg_jax import train  # pylint: disable=g-import-not-at-top
+    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except DivergedError as e:
+    _fail(str(e), code=1)
+  except UserError as e:
+    _fail(str(e))
+  print(f"final step {result['step']}: test_accuracy={result['accuracy']:.4f} "
+        f"test_loss={result['loss']:.4f} ({result['wall_seconds']:.1f}s) -> {FLAGS.workdir}")
+
+
+def run():
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,120 @@
+"""Metric outputs of a run: metrics.jsonl, TensorBoard events, progress lines.
+
+Only process 0 writes files. TensorBoard events go through clu's
+SummaryWriter (which needs TensorFlow, imported lazily and hidden from GPUs).
+On resume, rows that an interrupted process wrote after its last checkpoint
+are dropped, so metrics.jsonl never holds a step twice.
+"""
+
+import datetime
+import json
+import math
+import os
+import time
+from typing import Mapping, Optional
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _truncate_jsonl(path: str, keep_through_step: int) -> None:
+  """Atomically rewrites `path` keeping only rows with step <= keep_through_step."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # A line cut off by a kill mid-write.
+        continue
+      if row.get("step", 0) <= keep_through_step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+def _summary_writer(logdir: str):
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")  # TF must never grab the GPU from JAX.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  return metric_writers.SummaryWriter(logdir)
+
+
+class MetricsWriter:
+  """Writes rows to metrics.jsonl and scalars to TensorBoard (process 0 only)."""
+
+  def __init__(self, workdir: str, resume_step: int, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    if self.enabled:
+      _truncate_jsonl(self.path, resume_step)
+      if tensorboard:
+        self._tb = _summary_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    values = {k: float(v) for k, v in metrics.items()}
+    # Strict JSON has no NaN: an unknown value (e.g. no rate yet) is null.
+    row = {"step": int(step), "split": split,
+           **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      self._tb.write_scalars(int(step), {f"{split}/{k}": v for k, v in values.items()})
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+def read_metrics(workdir: str, split: Optional[str] = None) -> list:
+  """Reads metrics.jsonl back as a list of dicts, optionally for one split."""
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if split is None or r["split"] == split]
+
+
+class Progress:
+  """Training-step throughput and ETA that leave out compile and eval time.
+
+  Call ``mark(step)`` whenever the clock should restart (after the first,
+  compiling step and after each eval); ``rate(step)`` is steps per second of
+  pure training since the last mark.
+  """
+
+  def __init__(self, total_steps: int):
+    self.total_steps = total_steps
+    self._mark_time: Optional[float] = None
+    self._mark_step = 0
+    self._timed_steps = 0
+    self._timed_seconds = 0.0
+
+  def mark(self, step: int) -> None:
+    self._mark_time, self._mark_step = time.perf_counter(), step
+
+  def rate(self, step: int) -> float:
+    """Steps/s since the last mark; accumulates toward the ETA's average."""
+    if self._mark_time is None or step <= self._mark_step:
+      return math.nan
+    seconds = time.perf_counter() - self._mark_time
+    self._timed_steps += step - self._mark_step
+    self._timed_seconds += seconds
+    return (step - self._mark_step) / max(seconds, 1e-9)
+
+  def line(self, step: int, metrics: Mapping[str, float]) -> str:
+    pct = 100.0 * step / self.total_steps
+    text = f"step {step}/{self.total_steps} ({pct:3.0f}%)"
+    text += " | " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    if self._timed_seconds > 0:
+      avg = self._timed_steps / self._timed_seconds
+      eta = datetime.timedelta(seconds=round((self.total_steps - step) / avg))
+      text += f" | {avg:.1f} steps/s | ETA {eta}"
+    return text

@@ -1,0 +1,45 @@
+"""Model registry: a config's model.name -> a Flax module.
+
+Every model is a pure linen module used through init/apply; the only mutable
+collection is VGG's optional 'batch_stats'.
+"""
+
+import flax.linen as nn
+import ml_collections
+
+from vgg_jax.models import common
+from vgg_jax.models.heads import HEADS, Head, get_head
+from vgg_jax.models.mlp import MLP
+from vgg_jax.models.vgg import VGG, VGG_STAGES, min_input_size
+
+MODELS = ("mlp",) + tuple(VGG_STAGES)
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_outputs: int,
+                 dtype: str = "float32") -> nn.Module:
+  """Builds the module named by model_config.name."""
+  name = model_config.name
+  compute_dtype = common.DTYPES[dtype]
+  if name == "mlp":
+    return MLP(hidden_sizes=tuple(model_config.hidden_sizes), num_outputs=num_outputs,
+               activation=model_config.activation, kernel_init=model_config.kernel_init,
+               dropout_rate=model_config.dropout_rate, dtype=compute_dtype)
+  if name in VGG_STAGES:
+    return VGG(stages=VGG_STAGES[name], num_outputs=num_outputs,
+               classifier_sizes=tuple(model_config.classifier_sizes),
+               dropout_rate=model_config.dropout_rate, batch_norm=model_config.batch_norm,
+               width_multiplier=model_config.width_multiplier,
+               activation=model_config.activation, kernel_init=model_config.kernel_init,
+               dtype=compute_dtype)
+  raise KeyError(name)
+
+
+def required_input_size(model_config: ml_collections.ConfigDict) -> int:
+  """Smallest image height/width the model accepts (1 for the MLP)."""
+  if model_config.name in VGG_STAGES:
+    return min_input_size(VGG_STAGES[model_config.name])
+  return 1
+
+
+__all__ = ["MODELS", "HEADS", "Head", "get_head", "create_model", "required_input_size",
+           "MLP", "VGG", "VGG_STAGES"]

@@ -1,0 +1,35 @@
+"""Activations and kernel initializers chosen by name from the config."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {
+    "sigmoid": nn.sigmoid,
+    "tanh": jnp.tanh,
+    "relu": nn.relu,
+    "leaky_relu": nn.leaky_relu,
+    "elu": nn.elu,
+    "gelu": nn.gelu,
+}
+
+KERNEL_INITS = {
+    # U[-1/sqrt(fan_in), 1/sqrt(fan_in)]: the "classic" small init of the
+    # sigmoid era (and torch's nn.Linear default); variance 1/(3 fan_in).
+    "classic_uniform": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+    "glorot_uniform": nn.initializers.glorot_uniform(),
+    "glorot_normal": nn.initializers.glorot_normal(),
+    "he_normal": nn.initializers.he_normal(),
+    "he_uniform": nn.initializers.he_uniform(),
+    "lecun_normal": nn.initializers.lecun_normal(),
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def activation(name: str):
+  return ACTIVATIONS[name]
+
+
+def kernel_init(name: str) -> jax.nn.initializers.Initializer:
+  return KERNEL_INITS[name]

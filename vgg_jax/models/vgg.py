@@ -1,0 +1,71 @@
+"""The VGG family (Simonyan & Zisserman 2014), configurations A, B, D and E.
+
+Each stage is a run of 3x3 'SAME' convolutions (zero padding keeps the size)
+with ReLU, closed by a 2x2 stride-2 max pool that halves it. Then flatten and
+a classifier of FC-ReLU-Dropout blocks. Parameter names (conv{stage}_{i},
+fc{j}, head) follow the paper's layer numbering so imported weights map 1:1.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vgg_jax.models import common
+
+# Channels of each conv, grouped by stage (one stage per max pool).
+VGG_STAGES = {
+    "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),  # A
+    "vgg13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),  # B
+    "vgg16": ((64, 64), (128, 128), (256,) * 3, (512,) * 3, (512,) * 3),  # D
+    "vgg19": ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),  # E
+}
+
+
+def scaled_width(channels: int, multiplier: float) -> int:
+  return max(1, int(round(channels * multiplier)))
+
+
+def min_input_size(stages: Sequence[Sequence[int]]) -> int:
+  """Smallest height/width that survives every 2x2 pool with a 1x1 map left."""
+  return 2 ** len(stages)
+
+
+class VGG(nn.Module):
+  """A VGG network built from a stage list."""
+
+  stages: Sequence[Sequence[int]]
+  num_outputs: int
+  classifier_sizes: Sequence[int] = (4096, 4096)
+  dropout_rate: float = 0.5
+  batch_norm: bool = False
+  width_multiplier: float = 1.0
+  activation: str = "relu"
+  kernel_init: str = "he_normal"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    height, width = x.shape[1:3]
+    if min(height, width) < min_input_size(self.stages):
+      raise ValueError(
+          f"input {height}x{width} is too small for {len(self.stages)} 2x2 poolings; "
+          f"need at least {min_input_size(self.stages)}x{min_input_size(self.stages)}")
+    act = common.activation(self.activation)
+    init = common.kernel_init(self.kernel_init)
+    for s, stage in enumerate(self.stages, start=1):
+      for i, channels in enumerate(stage, start=1):
+        x = nn.Conv(scaled_width(channels, self.width_multiplier), (3, 3), padding="SAME",
+                    use_bias=not self.batch_norm, kernel_init=init, dtype=self.dtype,
+                    name=f"conv{s}_{i}")(x)
+        if self.batch_norm:
+          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                           name=f"bn{s}_{i}")(x)
+        x = act(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    for j, size in enumerate(self.classifier_sizes, start=1):
+      x = nn.Dense(size, kernel_init=init, dtype=self.dtype, name=f"fc{j}")(x)
+      x = act(x)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype, name="head")(x)

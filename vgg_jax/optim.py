@@ -1,0 +1,93 @@
+"""Optimizer registry: the lecture's lineage, SGD to Nadam, as Optax chains.
+
+    sgd -> momentum -> nesterov (NAG) -> adagrad -> rmsprop -> adadelta
+        -> adam -> nadam (+ adamw)
+
+Optax does all the update math. The chain is
+
+    [clip_by_global_norm] -> [add_decayed_weights] -> <optimizer at peak lr>
+        -> scale_by_schedule(shape)
+
+wrapped in ``optax.inject_hyperparams`` so the peak learning rate, momentum
+and weight decay live in the optimizer state as arrays: a sweep can set them
+per model without recompiling. The schedule is a *shape* with peak 1.0,
+which is equivalent to scheduling the rate itself because every optimizer
+here ends by scaling its update by the learning rate.
+"""
+
+from typing import Callable
+
+import ml_collections
+import optax
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "nadam",
+              "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+
+
+def _base_optimizer(cfg, learning_rate, momentum, weight_decay) -> optax.GradientTransformation:
+  name = cfg.name
+  if name == "sgd":
+    return optax.sgd(learning_rate)
+  if name == "momentum":
+    return optax.sgd(learning_rate, momentum=momentum)
+  if name == "nesterov":
+    return optax.sgd(learning_rate, momentum=momentum, nesterov=True)
+  if name == "adagrad":
+    return optax.adagrad(learning_rate, eps=cfg.eps)
+  if name == "rmsprop":
+    return optax.rmsprop(learning_rate, decay=cfg.rho, eps=cfg.eps)
+  if name == "adadelta":
+    return optax.adadelta(learning_rate, rho=cfg.rho, eps=cfg.eps)
+  if name == "adam":
+    return optax.adam(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  if name == "nadam":
+    return optax.nadam(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  if name == "adamw":
+    return optax.adamw(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                       weight_decay=weight_decay)
+  raise KeyError(name)
+
+
+def schedule_shape(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """The learning-rate multiplier over training, peaking at 1.0."""
+  if cfg.schedule == "constant":
+    return optax.constant_schedule(1.0)
+  if cfg.schedule == "cosine":
+    return optax.cosine_decay_schedule(1.0, decay_steps=total_steps)
+  if cfg.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=cfg.warmup_steps,
+                                              decay_steps=total_steps)
+  if cfg.schedule == "step":
+    boundaries = {int(round(f * total_steps)): cfg.step_factor for f in cfg.step_boundaries}
+    return optax.piecewise_constant_schedule(1.0, boundaries)
+  raise KeyError(cfg.schedule)
+
+
+def create_optimizer(cfg: ml_collections.ConfigDict,
+                     total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+  """Returns (tx, shape): the Optax chain and its schedule shape.
+
+  The effective learning rate at step t is
+  ``opt_state.hyperparams['learning_rate'] * shape(t)``.
+  """
+  shape = schedule_shape(cfg, total_steps)
+
+  def chain(learning_rate, momentum, weight_decay):
+    parts = []
+    if cfg.grad_clip_norm > 0:
+      parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    if cfg.weight_decay > 0 and cfg.name != "adamw":
+      parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(_base_optimizer(cfg, learning_rate, momentum, weight_decay))
+    parts.append(optax.scale_by_schedule(shape))
+    return optax.chain(*parts)
+
+  tx = optax.inject_hyperparams(chain)(learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)
+  return tx, shape
+
+
+def learning_rate(opt_state, shape: Callable, step):
+  """The effective learning rate at `step` (peak from the state times the shape)."""
+  return opt_state.hyperparams["learning_rate"] * shape(step)
