@@ -131,7 +131,7 @@ def _validate_dataset(config):
   need = models.required_input_size(config.model)
   if min(height, width) < need:
     raise ConfigError("dataset.image_size", ds.image_size,
-                      f"{config.model.name} pools {need.bit_length() - 1} times and needs "
+                      f"{config.model.name} pools {(need - 1).bit_length()} times and needs "
                       f"images of at least {need}x{need}, but {ds.name} gives "
                       f"{height}x{width}; set dataset.image_size>={need}")
 

@@ -10,6 +10,7 @@ anything is written to the workdir.
 """
 
 import logging as std_logging
+import re
 import sys
 
 from absl import app
@@ -37,6 +38,11 @@ def parse_flags(argv):
     return FLAGS(argv)
   except flags.Error as e:
     _fail(f"flag error: {e}")
+  except (AttributeError, KeyError) as e:  # config_flags: an override names no key.
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    hint = re.search(r'Did you mean "([\w.]+)"', str(e))
+    _fail(f"flag error: unknown config key in {' '.join(overrides)}"
+          + (f' (did you mean "{hint.group(1)}"?)' if hint else ""))
 
 
 def _setup_logging():
@@ -57,9 +63,15 @@ def main(argv):
   _setup_logging()
   from vgg_jax import config_validation  # pylint: disable=g-import-not-at-top
   try:
-    config_validation.validate(FLAGS.config)
+    config = FLAGS.config
+    config.keys()  # A failed load surfaces here, not at parse time.
+  except OSError as e:  # config_flags defers a failed load to the first access.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    _fail(f"cannot load --config={FLAGS['config'].serialize().split('=', 1)[-1]}: {lines[-1]}")
+  try:
+    config_validation.validate(config)
     from vgg_jax import train  # pylint: disable=g-import-not-at-top
-    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = train.train_and_evaluate(config, FLAGS.workdir)
   except DivergedError as e:
     _fail(str(e), code=1)
   except UserError as e:

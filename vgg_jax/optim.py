@@ -17,6 +17,7 @@ here ends by scaling its update by the learning rate.
 
 from typing import Callable
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -83,8 +84,11 @@ def create_optimizer(cfg: ml_collections.ConfigDict,
     parts.append(optax.scale_by_schedule(shape))
     return optax.chain(*parts)
 
-  tx = optax.inject_hyperparams(chain)(learning_rate=cfg.learning_rate, momentum=cfg.momentum,
-                                       weight_decay=cfg.weight_decay)
+  # float32, not weakly typed: a sweep that writes its own arrays into
+  # opt_state.hyperparams then hits the same compiled step.
+  inject = optax.inject_hyperparams(chain, hyperparam_dtype=jnp.float32)
+  tx = inject(learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+              weight_decay=cfg.weight_decay)
   return tx, shape
 
 

@@ -75,7 +75,7 @@ def train_step(state: TrainState, batch, *, head: models.Head, preprocess: Calla
       "loss": loss,
       "accuracy": jnp.mean(head.predict(logits) == labels),
       "learning_rate": optim.learning_rate(state.opt_state, lr_shape, state.step),
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
   }
   return new_state, step_metrics
 

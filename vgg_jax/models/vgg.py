@@ -1,7 +1,9 @@
 """The VGG family (Simonyan & Zisserman 2014), configurations A, B, D and E.
 
 Each stage is a run of 3x3 'SAME' convolutions (zero padding keeps the size)
-with ReLU, closed by a 2x2 stride-2 max pool that halves it. Then flatten and
+with ReLU, closed by a 2x2 stride-2 max pool that halves it. The pool pads
+odd sizes up (Caffe's ceil mode), which changes nothing at 224 or 32 and lets
+28x28 inputs reach a 1x1 map after five pools. Then flatten and
 a classifier of FC-ReLU-Dropout blocks. Parameter names (conv{stage}_{i},
 fc{j}, head) follow the paper's layer numbering so imported weights map 1:1.
 """
@@ -27,8 +29,12 @@ def scaled_width(channels: int, multiplier: float) -> int:
 
 
 def min_input_size(stages: Sequence[Sequence[int]]) -> int:
-  """Smallest height/width that survives every 2x2 pool with a 1x1 map left."""
-  return 2 ** len(stages)
+  """Smallest height/width for which every 2x2 pool still sees a 2x2 map.
+
+  With P pools in ceil mode the map before the last pool is
+  ceil(size / 2**(P-1)), which is at least 2 iff size > 2**(P-1).
+  """
+  return 2 ** (len(stages) - 1) + 1
 
 
 class VGG(nn.Module):
@@ -62,7 +68,7 @@ class VGG(nn.Module):
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                            name=f"bn{s}_{i}")(x)
         x = act(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
     x = x.reshape((x.shape[0], -1))
     for j, size in enumerate(self.classifier_sizes, start=1):
       x = nn.Dense(size, kernel_init=init, dtype=self.dtype, name=f"fc{j}")(x)

@@ -1,0 +1,80 @@
+"""Training throughput of an MLP 784-1024-1024-1024-10, batch 128, Adam, float32.
+
+Prints examples/s, the FLOP/s that implies, this machine's measured float32
+matmul FLOP/s and the fraction (goal: >= 70%), all from one run:
+
+    python benchmarks/mlp_throughput.py [--steps 300]
+"""
+
+import argparse
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from benchmarks.common import best_seconds, matmul_peak_flops
+from vgg_jax import config_lib, models, optim, train
+from vgg_jax.data import pipeline
+
+LAYERS = (784, 1024, 1024, 1024, 10)
+BATCH = 128
+
+
+def training_flops_per_example() -> int:
+  """Matmul FLOPs: forward and weight-gradient for every layer, input-gradient
+  for all but the first (nothing upstream needs it)."""
+  pairs = list(zip(LAYERS[:-1], LAYERS[1:]))
+  fwd = sum(2 * i * o for i, o in pairs)
+  return 2 * fwd + (fwd - 2 * pairs[0][0] * pairs[0][1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=300)
+  args = parser.parse_args()
+
+  config = config_lib.base_config()
+  config.model.hidden_sizes = LAYERS[1:-1]
+  config.optimizer.name = "adam"
+  head = models.get_head("category")
+  model = models.create_model(config.model, LAYERS[-1])
+  tx, shape = optim.create_optimizer(config.optimizer, total_steps=args.steps)
+  state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
+  preprocess = functools.partial(pipeline.normalize, mean=(0.5,), std=(0.25,))
+  step_fn = jax.jit(functools.partial(train.train_step, head=head, preprocess=preprocess,
+                                      lr_shape=shape), donate_argnums=0)
+  rng = np.random.default_rng(0)
+  batches = [jax.device_put({"image": rng.integers(0, 256, (BATCH, 28, 28, 1), np.uint8),
+                             "label": rng.integers(0, 10, (BATCH,), np.int32)})
+             for _ in range(8)]
+
+  holder = {"state": state}
+
+  def run_steps():
+    s = holder["state"]
+    for i in range(args.steps):
+      s, m = step_fn(s, batches[i % len(batches)])
+    holder["state"] = s
+    return m
+
+  seconds = best_seconds(run_steps, repeats=3, number=1) / args.steps
+  examples_per_sec = BATCH / seconds
+  achieved = examples_per_sec * training_flops_per_example()
+  peak = matmul_peak_flops()
+  print(f"backend: {jax.default_backend()} ({jax.device_count()} device(s), "
+        f"{os.cpu_count()} CPU cores), jax {jax.__version__}")
+  print(f"MLP {'-'.join(map(str, LAYERS))}, batch {BATCH}, Adam, float32, "
+        f"{args.steps} steps per timing")
+  print(f"{'training examples/s':<34}{examples_per_sec:>12,.0f}")
+  print(f"{'training matmul GFLOP/s':<34}{achieved / 1e9:>12.1f}")
+  print(f"{'float32 matmul GFLOP/s (XLA)':<34}{peak['xla'] / 1e9:>12.1f}")
+  print(f"{'float32 matmul GFLOP/s (NumPy)':<34}{peak['numpy'] / 1e9:>12.1f}")
+  print(f"{'fraction of the better peak':<34}{achieved / peak['peak']:>12.1%}   (goal >= 70%)")
+
+
+if __name__ == "__main__":
+  main()

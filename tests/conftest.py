@@ -1,0 +1,50 @@
+"""Test setup: 8 fake CPU devices and cheap compiles, before JAX is imported."""
+
+import os
+import sys
+
+# Must be set before jax initializes its backends.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config():
+  """An MLP on small synthetic data: trains in well under a second."""
+  from vgg_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.dataset.name = "synthetic"
+  config.dataset.synthetic.num_train = 256
+  config.dataset.synthetic.num_test = 100
+  config.dataset.synthetic.image_shape = (4, 4, 1)
+  config.dataset.synthetic.num_classes = 3
+  config.model.hidden_sizes = (16,)
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_epochs = 2
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 8
+  return config
+
+
+@pytest.fixture
+def config():
+  return tiny_config()
+
+
+def run_cli(args, workdir=None, env_extra=None, **kwargs):
+  """Runs `python -m vgg_jax.main` in a subprocess from the repo root."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+  env.pop("XLA_FLAGS", None)
+  env.update(env_extra or {})
+  cmd = [sys.executable, "-m", "vgg_jax.main"] + list(args)
+  if workdir is not None:
+    cmd.append(f"--workdir={workdir}")
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)

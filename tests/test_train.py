@@ -1,0 +1,131 @@
+"""train_and_evaluate end to end on tiny models: outputs, determinism, resume."""
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from vgg_jax import checkpoint, data, metrics, train
+from vgg_jax.data import pipeline
+
+REQUIRED_KEYS = {"step", "split", "loss", "accuracy", "learning_rate", "steps_per_sec"}
+
+
+def comparable(rows):
+  """Metrics rows without the wall-clock field."""
+  return [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in rows]
+
+
+def test_train_and_evaluate_writes_every_output(config, tmp_path):
+  workdir = str(tmp_path / "run")
+  result = train.train_and_evaluate(config, workdir)
+  rows = metrics.read_metrics(workdir)
+  assert {r["split"] for r in rows} == {"train", "test"}
+  assert all(REQUIRED_KEYS <= set(r) for r in rows)
+  total = 2 * (256 // 32)
+  assert rows[-1]["step"] == total and result["step"] == total
+  # The train rows are the log points; the test rows are once per epoch.
+  assert [r["step"] for r in rows if r["split"] == "train"] == [4, 8, 12, 16]
+  assert [r["step"] for r in rows if r["split"] == "test"] == [8, 16]
+  assert rows[-1]["accuracy"] == pytest.approx(result["accuracy"])
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["hidden_sizes"] == [16]
+  assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert steps == [8, 16]
+
+
+def test_training_learns_the_synthetic_task(config, tmp_path):
+  config.num_epochs = 6
+  config.optimizer.learning_rate = 0.01
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["accuracy"] > 0.9  # Chance is 1/3.
+
+
+def test_same_seed_gives_identical_metrics_and_other_seed_does_not(config, tmp_path):
+  config.model.dropout_rate = 0.2
+  runs = {}
+  for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
+    config.seed = seed
+    train.train_and_evaluate(config, str(tmp_path / name))
+    runs[name] = comparable(metrics.read_metrics(str(tmp_path / name)))
+  assert runs["a"] == runs["b"]
+  assert runs["a"] != runs["c"]
+
+
+def test_rerun_after_finish_resumes_and_changes_nothing(config, tmp_path):
+  first = train.train_and_evaluate(config, str(tmp_path))
+  rows = metrics.read_metrics(str(tmp_path))
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again["accuracy"] == first["accuracy"] and again["loss"] == first["loss"]
+  assert metrics.read_metrics(str(tmp_path)) == rows
+
+
+def test_resume_from_a_middle_checkpoint_matches_uninterrupted(config, tmp_path):
+  """Delete the last checkpoint and the rows after the middle one: as if the
+  process died right after step 8. The rerun must redo steps 9..16 exactly."""
+  full = str(tmp_path / "full")
+  train.train_and_evaluate(config, full)
+  expected = comparable(metrics.read_metrics(full))
+  cut = str(tmp_path / "cut")
+  train.train_and_evaluate(config, cut)
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(cut, "checkpoints", "16"))
+  with open(os.path.join(cut, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 12, "split": "train", "loss": 9.9}\n{"step": 13, "spl')  # Torn row.
+  train.train_and_evaluate(config, cut)
+  assert comparable(metrics.read_metrics(cut)) == expected
+
+
+def test_batch_order_is_a_function_of_seed_and_step():
+  images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+  labels = np.arange(10, dtype=np.int32)
+  it = pipeline.train_batches(images, labels, batch_size=3, seed=7)
+  stream = [next(it)["label"].tolist() for _ in range(7)]  # 3 steps per epoch.
+  resumed = pipeline.train_batches(images, labels, batch_size=3, seed=7, start_step=4)
+  assert [next(resumed)["label"].tolist() for _ in range(3)] == stream[4:]
+  assert sorted(sum(stream[:3], [])) == sorted(set(sum(stream[:3], [])))  # No repeats in an epoch.
+
+
+def test_eval_counts_each_example_once_with_padding():
+  images = np.zeros((10, 1, 1, 1), np.uint8)
+  labels = np.arange(10, dtype=np.int32)
+  batches = list(pipeline.eval_batches(images, labels, 4))
+  assert [b["label"].shape[0] for b, _ in batches] == [4, 4, 4]
+  seen = np.concatenate([b["label"][m > 0] for b, m in batches])
+  np.testing.assert_array_equal(seen, labels)
+
+
+def test_vgg_with_batch_norm_trains_on_digits(tmp_path):
+  from vgg_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.dataset.image_size = 17  # The smallest size VGG16's five pools accept.
+  config.model.name = "vgg16"
+  config.model.width_multiplier = 1 / 32
+  config.model.classifier_sizes = (16,)
+  config.model.batch_norm = True
+  config.num_train_steps = 3
+  config.batch_size = 16
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(result["loss"])
+  state = train.create_train_state(jax.random.PRNGKey(0), train.models.create_model(
+      config.model, 10), train.optim.create_optimizer(config.optimizer, 3)[0], (17, 17, 1))
+  restored, step = checkpoint.restore_latest(
+      checkpoint.create_manager(str(tmp_path), 3), state)
+  assert step == 3 and restored.batch_stats  # BatchNorm stats are checkpointed.
+
+
+def test_digits_split_is_fixed_and_disjoint():
+  from vgg_jax import config_lib  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.base_config().dataset
+  a, b = data.load(cfg), data.load(cfg)
+  np.testing.assert_array_equal(a.test_labels, b.test_labels)
+  assert len(a.train_labels) + len(a.test_labels) == 1797
+  assert a.train_images.dtype == np.uint8 and a.image_shape == (8, 8, 1)
+  cfg.classes, cfg.image_size = (3, 8), 32
+  sub = data.load(cfg)
+  assert sub.num_classes == 2 and set(np.unique(sub.train_labels)) == {0, 1}
+  assert sub.image_shape == (32, 32, 1)
