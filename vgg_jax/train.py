@@ -125,6 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   Resumes from the latest checkpoint in workdir if there is one. Returns the
   final test metrics. Raises ConfigError or DataError before writing anything.
   """
+  start_time = time.time()
   config_validation.validate(config)
   dataset = data.load(config.dataset)
   num_train = len(dataset.train_labels)
@@ -161,7 +162,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                    config.batch_size, config.seed, start_step)
   pending = []  # Device metrics since the last log line; fetched in one transfer.
   last_logged, train_rate, test_metrics = start_step, math.nan, None
-  start_time = time.time()
   for step in range(start_step + 1, total_steps + 1):
     state, step_metrics = p_train_step(state, next(batches))
     pending.append(step_metrics)
