@@ -9,7 +9,6 @@ import optax
 import pytest
 
 from vgg_jax import config_lib, data, models, optim, train
-from vgg_jax.data import pipeline
 
 # A rate per optimizer that takes a visible step on the tiny problem.
 RATES = {"sgd": 0.1, "momentum": 0.1, "nesterov": 0.1, "adagrad": 0.1, "rmsprop": 0.01,
@@ -25,10 +24,11 @@ def optimizer_config(**overrides):
 
 def tiny_problem(config):
   dataset = data.load(config.dataset)
-  model = models.create_model(config.model, dataset.num_classes)
-  batch = {"image": dataset.train_images[:64], "label": dataset.train_labels[:64]}
-  preprocess = functools.partial(pipeline.normalize, mean=dataset.mean, std=dataset.std)
-  return dataset, model, batch, preprocess
+  model = models.create_model(config.model, dataset.info.num_classes)
+  images, labels = dataset.splits["train"]
+  batch = {"image": images[:64], "label": labels[:64]}
+  preprocess = train.make_preprocess(dataset.info.mean, dataset.info.std)
+  return dataset.info, model, batch, preprocess
 
 
 def test_registry_covers_the_lineage():

@@ -80,14 +80,12 @@ def test_resume_from_a_middle_checkpoint_matches_uninterrupted(config, tmp_path)
   assert comparable(metrics.read_metrics(cut)) == expected
 
 
-def test_batch_order_is_a_function_of_seed_and_step():
-  images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
-  labels = np.arange(10, dtype=np.int32)
-  it = pipeline.train_batches(images, labels, batch_size=3, seed=7)
-  stream = [next(it)["label"].tolist() for _ in range(7)]  # 3 steps per epoch.
-  resumed = pipeline.train_batches(images, labels, batch_size=3, seed=7, start_step=4)
-  assert [next(resumed)["label"].tolist() for _ in range(3)] == stream[4:]
-  assert sorted(sum(stream[:3], [])) == sorted(set(sum(stream[:3], [])))  # No repeats in an epoch.
+def test_epoch_order_is_a_seeded_permutation():
+  a, b = pipeline.epoch_permutation(7, 3, 50), pipeline.epoch_permutation(7, 3, 50)
+  np.testing.assert_array_equal(a, b)
+  assert sorted(np.asarray(a).tolist()) == list(range(50))
+  assert not np.array_equal(a, pipeline.epoch_permutation(7, 4, 50))
+  assert not np.array_equal(a, pipeline.epoch_permutation(8, 3, 50))
 
 
 def test_eval_counts_each_example_once_with_padding():
@@ -113,7 +111,7 @@ def test_vgg_with_batch_norm_trains_on_digits(tmp_path):
   assert np.isfinite(result["loss"])
   state = train.create_train_state(jax.random.PRNGKey(0), train.models.create_model(
       config.model, 10), train.optim.create_optimizer(config.optimizer, 3)[0], (17, 17, 1))
-  restored, step = checkpoint.restore_latest(
+  restored, step, _ = checkpoint.restore_latest(
       checkpoint.create_manager(str(tmp_path), 3), state)
   assert step == 3 and restored.batch_stats  # BatchNorm stats are checkpointed.
 
@@ -122,10 +120,10 @@ def test_digits_split_is_fixed_and_disjoint():
   from vgg_jax import config_lib  # pylint: disable=g-import-not-at-top
   cfg = config_lib.base_config().dataset
   a, b = data.load(cfg), data.load(cfg)
-  np.testing.assert_array_equal(a.test_labels, b.test_labels)
-  assert len(a.train_labels) + len(a.test_labels) == 1797
-  assert a.train_images.dtype == np.uint8 and a.image_shape == (8, 8, 1)
+  np.testing.assert_array_equal(a.splits["test"][1], b.splits["test"][1])
+  assert len(a.splits["train"][1]) + len(a.splits["test"][1]) == 1797
+  assert a.splits["train"][0].dtype == np.uint8 and a.info.image_shape == (8, 8, 1)
   cfg.classes, cfg.image_size = (3, 8), 32
   sub = data.load(cfg)
-  assert sub.num_classes == 2 and set(np.unique(sub.train_labels)) == {0, 1}
-  assert sub.image_shape == (32, 32, 1)
+  assert sub.info.num_classes == 2 and set(np.unique(sub.splits["train"][1])) == {0, 1}
+  assert sub.info.image_shape == (32, 32, 1) and sub.info.class_names == ("3", "8")

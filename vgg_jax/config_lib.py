@@ -21,10 +21,35 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.name = "digits"
   # Resize images to image_size x image_size; 0 keeps the native size.
   c.dataset.image_size = 0
-  # Keep only these class ids, relabelled 0..k-1 (e.g. (3, 8) for a binary task).
+  # 3 repeats grey images to RGB; 0 keeps the native channels.
+  c.dataset.channels = 0
+  # Keep only these classes (ids or names), relabelled 0..k-1 in this order,
+  # e.g. ('sneaker', 'ankle_boot') for a binary task.
   c.dataset.classes = ()
-  # Fraction of digits held out as the test split (fixed, independent of seed).
+  # auto: the dataset's published mean/std (else computed from train);
+  # computed, unit (x/255) or imagenet.
+  c.dataset.normalization = "auto"
+  # Fraction of train carved out as a validation split (fixed, seed-independent),
+  # so hyperparameters are never picked on test. 0 disables it.
+  c.dataset.validation_fraction = 0.0
+  # Train on a fixed subset of this many examples; -1 uses all.
+  c.dataset.num_train_examples = -1
+  # Augmentation: zero-pad and random-crop back (0 = off), random horizontal flip.
+  c.dataset.crop_padding = 0
+  c.dataset.flip = False
+  # Fraction held out as test where a source has no test split (digits, image folders).
   c.dataset.test_fraction = 0.2
+  # memory: whole splits on the device as uint8; streaming: tf.data from TFDS;
+  # auto: streaming when the train split would exceed memory_limit_mb.
+  c.dataset.pipeline = "auto"
+  c.dataset.memory_limit_mb = 2048
+  c.dataset.shuffle_buffer = 10_000  # streaming only.
+  # TFDS: '' uses TFDS's default data_dir; download=False never touches the network.
+  c.dataset.data_dir = ""
+  c.dataset.download = True
+  # mnist / fashion_mnist: a directory with the four IDX files ('' tries Debian's).
+  c.dataset.idx_dir = ""
+  c.dataset.path = ""  # image_folder: its root directory.
   c.dataset.synthetic = ml_collections.ConfigDict()
   c.dataset.synthetic.num_train = 2048
   c.dataset.synthetic.num_test = 512
@@ -56,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.step_boundaries = (0.5, 0.75)  # step only: fractions of training.
   c.optimizer.step_factor = 0.1  # step only: multiply the rate by this at each boundary.
 
+  # In-memory pipeline: run each epoch as one lax.scan (no Python per step).
+  # Log rows are exact either way; evals and checkpoints then happen at the
+  # end of the epoch in which their interval falls.
+  c.scan_epoch = True
   c.batch_size = 64
   c.eval_batch_size = 512
   c.num_epochs = 30

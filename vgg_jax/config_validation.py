@@ -105,8 +105,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _validate_dataset(config):
   ds = config.dataset
+  _choice(config, "dataset.normalization", data.NORMALIZATIONS)
+  _choice(config, "dataset.pipeline", data.PIPELINES)
   _number(config, "dataset.image_size", 0, integer=True)
+  _number(config, "dataset.channels", 0, integer=True)
+  if ds.channels not in (0, 1, 3):
+    raise ConfigError("dataset.channels", ds.channels, "0 (native), 1 or 3")
   _number(config, "dataset.test_fraction", 0, 1, low_open=True, high_open=True)
+  _number(config, "dataset.validation_fraction", 0, 1, high_open=True)
+  _number(config, "dataset.num_train_examples", 1, integer=True, extra=(-1,))
+  _number(config, "dataset.crop_padding", 0, integer=True)
+  _number(config, "dataset.memory_limit_mb", 1, integer=True)
+  _number(config, "dataset.shuffle_buffer", 1, integer=True)
   if ds.name == "synthetic":
     _number(config, "dataset.synthetic.num_train", 1, integer=True)
     _number(config, "dataset.synthetic.num_test", 1, integer=True)
@@ -115,19 +125,28 @@ def _validate_dataset(config):
     if len(ds.synthetic.image_shape) != 3:
       raise ConfigError("dataset.synthetic.image_shape", tuple(ds.synthetic.image_shape),
                         "(height, width, channels)")
-  native_classes = data.SOURCES[ds.name].num_classes(ds)
-  classes = tuple(ds.classes)
-  if classes and (len(classes) < 2 or len(set(classes)) != len(classes)
-                  or any(not isinstance(c, int) or not 0 <= c < native_classes
-                         for c in classes)):
-    raise ConfigError("dataset.classes", classes,
-                      f"() or at least 2 distinct class ids in 0..{native_classes - 1}")
-  if config.head == "binary" and data.num_classes(ds) != 2:
+  if ds.name == "image_folder" and not ds.path:
+    raise ConfigError("dataset.path", ds.path, "the root directory of the image folder")
+  if data.native_shape(ds)[-1] == 3 and ds.channels == 1:
+    raise ConfigError("dataset.channels", ds.channels, f"0 or 3: {ds.name} is RGB")
+  if ds.pipeline == "streaming" and ds.name not in data.tfds_source.SPECS:
+    raise ConfigError("dataset.pipeline", ds.pipeline,
+                      "memory or auto for " + ds.name + "; streaming reads TFDS datasets ("
+                      + ", ".join(data.tfds_source.SPECS) + ")")
+  if ds.pipeline == "streaming" and ds.normalization == "computed":
+    raise ConfigError("dataset.normalization", ds.normalization,
+                      "auto, unit or imagenet when streaming (computed needs every pixel)")
+  if ds.classes:
+    data.resolve_classes(ds)
+  classes = data.num_classes(ds)
+  if config.head == "binary" and classes is not None and classes != 2:
     raise ConfigError("head", config.head,
-                      f"'binary' needs a 2-class task, but {ds.name} has "
-                      f"{data.num_classes(ds)} classes; set dataset.classes=(a, b) "
-                      "or use head=category")
+                      f"'binary' needs a 2-class task, but {ds.name} has {classes} classes; "
+                      "set dataset.classes=(a, b) or use head=category")
   height, width, _ = data.image_shape(ds)
+  if height is None:
+    raise ConfigError("dataset.image_size", ds.image_size,
+                      f"a size > 0: {ds.name} images vary in size, so they must be resized")
   need = models.required_input_size(config.model)
   if min(height, width) < need:
     raise ConfigError("dataset.image_size", ds.image_size,
@@ -136,11 +155,16 @@ def _validate_dataset(config):
                       f"{height}x{width}; set dataset.image_size>={need}")
 
 
-def validate_derived(config: ml_collections.ConfigDict, num_train: int, total_steps: int):
-  """Checks that need the dataset size; runs after loading, before any write."""
+def validate_derived(config: ml_collections.ConfigDict, num_train: int, total_steps: int,
+                     num_classes: int):
+  """Checks that need the loaded dataset; runs after loading, before any write."""
   if config.batch_size > num_train:
     raise ConfigError("batch_size", config.batch_size,
                       f"at most the {num_train} training examples of {config.dataset.name}")
+  if config.head == "binary" and num_classes != 2:
+    raise ConfigError("head", config.head,
+                      f"'binary' needs a 2-class task, but {config.dataset.name} has "
+                      f"{num_classes} classes; set dataset.classes=(a, b)")
   if config.optimizer.schedule == "warmup_cosine" and not (
       0 < config.optimizer.warmup_steps < total_steps):
     raise ConfigError("optimizer.warmup_steps", config.optimizer.warmup_steps,

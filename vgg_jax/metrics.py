@@ -15,6 +15,8 @@ from typing import Mapping, Optional
 
 import jax
 
+from vgg_jax import tf_import
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -38,9 +40,7 @@ def _truncate_jsonl(path: str, keep_through_step: int) -> None:
 
 
 def _summary_writer(logdir: str):
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")  # TF must never grab the GPU from JAX.
+  tf_import.import_tf()  # clu's SummaryWriter imports TF; do it quietly, off the GPUs.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   return metric_writers.SummaryWriter(logdir)
 

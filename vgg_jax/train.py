@@ -6,9 +6,11 @@ The data flow is one way:
     config -> dataset + model + head + optimizer -> jit(train_step) -> metrics,
     checkpoints
 
-Determinism: the shuffle order is keyed on (seed, epoch) and dropout on
-fold_in(key, step), so a run restarted from a checkpoint at step s sees the
-same batches and masks as an uninterrupted one.
+With the in-memory pipeline the step gathers its own batch from device
+arrays, and with ``config.scan_epoch`` a whole epoch runs as one lax.scan.
+Determinism: the batch order is keyed on (seed, epoch) and dropout and
+augmentation on fold_in(rng, step), so a run restarted from a checkpoint at
+step s sees the same batches, masks and crops as an uninterrupted one.
 """
 
 import functools
@@ -17,7 +19,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from flax.training import train_state
 import jax
@@ -35,19 +37,30 @@ logger = logging.getLogger(__name__)
 
 
 class TrainState(train_state.TrainState):
-  """Params, optimizer state and step, plus BatchNorm stats and the dropout key."""
+  """Params, optimizer state and step, plus BatchNorm stats and the base PRNG key."""
   batch_stats: Any = None
-  dropout_key: jax.Array = None
+  rng: jax.Array = None  # Step t uses fold_in(rng, t): no key state to carry.
 
 
 def create_train_state(rng: jax.Array, model, tx: optax.GradientTransformation,
                        image_shape) -> TrainState:
-  params_rng, dropout_rng = jax.random.split(rng)
+  params_rng, step_rng = jax.random.split(rng)
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(params_rng, dummy)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}),
-                           dropout_key=dropout_rng)
+                           batch_stats=variables.get("batch_stats", {}), rng=step_rng)
+
+
+def make_preprocess(mean, std, dtype=jnp.float32, crop_padding: int = 0,
+                    flip: bool = False) -> Callable:
+  """uint8 images (+ an augmentation key when training) -> model inputs."""
+
+  def preprocess(images, key=None):
+    if key is not None and (crop_padding or flip):
+      images = pipeline.random_crop_flip(images, key, crop_padding, flip)
+    return pipeline.normalize(images, mean, std, dtype)
+
+  return preprocess
 
 
 def _variables(state: TrainState, params) -> Dict[str, Any]:
@@ -58,10 +71,10 @@ def _variables(state: TrainState, params) -> Dict[str, Any]:
 
 def train_step(state: TrainState, batch, *, head: models.Head, preprocess: Callable,
                lr_shape: Callable):
-  """One SGD step on a batch of uint8 images; returns (state, metrics)."""
-  images = preprocess(batch["image"])
+  """One optimizer step on a batch of uint8 images; returns (state, metrics)."""
+  dropout_rng, augment_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  images = preprocess(batch["image"], augment_rng)
   labels = batch["label"]
-  dropout_rng = jax.random.fold_in(state.dropout_key, state.step)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(_variables(state, params), images, train=True,
@@ -80,6 +93,20 @@ def train_step(state: TrainState, batch, *, head: models.Head, preprocess: Calla
   return new_state, step_metrics
 
 
+def train_chunk(state: TrainState, images, labels, order, first, *, length: int,
+                batch_size: int, step_fn: Callable):
+  """`length` steps of the in-memory pipeline as one lax.scan.
+
+  Batch first+i of the epoch `order` is gathered on the device; the metrics
+  come back stacked, one row per step.
+  """
+
+  def body(state, i):
+    return step_fn(state, pipeline.gather_batch(images, labels, order, first + i, batch_size))
+
+  return jax.lax.scan(body, state, jnp.arange(length))
+
+
 def eval_step(state: TrainState, batch, mask, *, head: models.Head, preprocess: Callable):
   """Sums of loss and correct predictions over the real (mask=1) examples."""
   images = preprocess(batch["image"])
@@ -90,9 +117,9 @@ def eval_step(state: TrainState, batch, mask, *, head: models.Head, preprocess: 
           "count": jnp.sum(mask)}
 
 
-def evaluate(eval_fn, state, images, labels, batch_size) -> Dict[str, float]:
+def evaluate(eval_fn, state, batches: Iterator[Tuple[dict, np.ndarray]]) -> Dict[str, float]:
   totals = None
-  for batch, mask in pipeline.eval_batches(images, labels, min(batch_size, len(labels))):
+  for batch, mask in batches:
     sums = eval_fn(state, batch, mask)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -119,6 +146,56 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.replace(tmp, path)
 
 
+def _crossed(every: int, before: int, after: int) -> bool:
+  """Whether a multiple of `every` lies in (before, after]."""
+  return after // every > before // every
+
+
+class _TrainRows:
+  """Per-step metrics waiting to be averaged into log rows.
+
+  Chunks stay on the device until a log point, then come back in one
+  transfer; a row averages the steps since the previous row.
+  """
+
+  def __init__(self, last_logged: int, snapshot: Optional[Dict] = None):
+    self.last_logged = last_logged
+    self._device = []  # (first step, stacked metrics)
+    snapshot = snapshot or {}
+    self._steps = np.asarray(snapshot.get("steps", []), np.int64)
+    self._host = {k: np.asarray(v, np.float32) for k, v in snapshot.get("metrics", {}).items()}
+
+  def snapshot(self) -> Dict:
+    """The steps not yet in a row, exactly, for the checkpoint (JSON-able)."""
+    self._fetch()
+    return {"steps": self._steps.tolist(),
+            "metrics": {k: [float(x) for x in v] for k, v in self._host.items()}}
+
+  def _fetch(self) -> None:
+    for first, stacked in self._device:
+      stacked = jax.device_get(stacked)
+      n = len(next(iter(stacked.values())))
+      self._steps = np.concatenate([self._steps, np.arange(first, first + n)])
+      for k, v in stacked.items():
+        self._host[k] = np.concatenate([self._host.get(k, np.zeros(0, v.dtype)), v])
+    self._device = []
+
+  def add(self, first_step: int, stacked) -> None:
+    self._device.append((first_step, stacked))
+
+  def rows_through(self, boundaries) -> Iterator[Tuple[int, Dict[str, float], int]]:
+    """Yields (step, means, first step) for each boundary, in order."""
+    self._fetch()
+    for b in boundaries:
+      window = (self._steps > self.last_logged) & (self._steps <= b)
+      means = {k: float(np.mean(v[window])) for k, v in self._host.items()}
+      yield b, means, self.last_logged + 1
+      self.last_logged = b
+    keep = self._steps > self.last_logged
+    self._steps = self._steps[keep]
+    self._host = {k: v[keep] for k, v in self._host.items()}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
   """Trains config's model, evaluating and checkpointing into workdir.
 
@@ -128,79 +205,143 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   start_time = time.time()
   config_validation.validate(config)
   dataset = data.load(config.dataset)
-  num_train = len(dataset.train_labels)
-  steps_per_epoch = num_train // min(config.batch_size, num_train)
+  info = dataset.info
+  num_train = dataset.num_train
   total_steps = total_train_steps(config, num_train)
-  config_validation.validate_derived(config, num_train, total_steps)
+  config_validation.validate_derived(config, num_train, total_steps, info.num_classes)
+  steps_per_epoch = num_train // config.batch_size
+  streaming = not isinstance(dataset, data.Dataset)
 
   head = models.get_head(config.head)
-  model = models.create_model(config.model, head.num_outputs(dataset.num_classes), config.dtype)
+  model = models.create_model(config.model, head.num_outputs(info.num_classes), config.dtype)
   tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps)
-  state = create_train_state(jax.random.PRNGKey(config.seed), model, tx, dataset.image_shape)
-  logger.info("%s on %s: %s params, %d train / %d test examples, %d steps",
-               config.model.name, dataset.name,
-               f"{sum(x.size for x in jax.tree.leaves(state.params)):,}", num_train,
-               len(dataset.test_labels), total_steps)
+  state = create_train_state(jax.random.PRNGKey(config.seed), model, tx, info.image_shape)
+  logger.info("%s on %s (%s): %s params, %d train examples, %d steps (%d per epoch)",
+              config.model.name, info.name, info.source,
+              f"{sum(x.size for x in jax.tree.leaves(state.params)):,}", num_train, total_steps,
+              steps_per_epoch)
 
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
-  state, start_step = checkpoint.restore_latest(manager, state)
+  state, start_step, rows_snapshot = checkpoint.restore_latest(manager, state)
   if start_step:
     logger.info("resumed from checkpoint at step %d", start_step)
   writer = metrics.MetricsWriter(workdir, resume_step=start_step)
 
-  preprocess = functools.partial(pipeline.normalize, mean=dataset.mean, std=dataset.std,
-                                 dtype=common.DTYPES[config.dtype])
-  p_train_step = jax.jit(functools.partial(train_step, head=head, preprocess=preprocess,
-                                           lr_shape=lr_shape), donate_argnums=0)
-  p_eval_step = jax.jit(functools.partial(eval_step, head=head, preprocess=preprocess))
+  dtype = common.DTYPES[config.dtype]
+  augment = {} if streaming else dict(crop_padding=config.dataset.crop_padding,
+                                      flip=config.dataset.flip)
+  preprocess = make_preprocess(info.mean, info.std, dtype, **augment)
+  eval_preprocess = make_preprocess(info.mean, info.std, dtype)
+  step_fn = functools.partial(train_step, head=head, preprocess=preprocess, lr_shape=lr_shape)
+  p_eval_step = jax.jit(functools.partial(eval_step, head=head, preprocess=eval_preprocess))
   eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps
+  eval_splits = [s for s in ("validation", "test") if s in (
+      dataset.num_examples if streaming else dataset.splits)]
 
   progress = metrics.Progress(total_steps)
-  batches = pipeline.train_batches(dataset.train_images, dataset.train_labels,
-                                   config.batch_size, config.seed, start_step)
-  pending = []  # Device metrics since the last log line; fetched in one transfer.
-  last_logged, train_rate, test_metrics = start_step, math.nan, None
-  for step in range(start_step + 1, total_steps + 1):
-    state, step_metrics = p_train_step(state, next(batches))
-    pending.append(step_metrics)
-    if step == start_step + 1:
-      jax.block_until_ready(step_metrics)  # Leave compile time out of steps/s.
-      progress.mark(step)
-    if step % config.log_every_steps == 0 or step == total_steps:
-      summary = {k: float(np.mean(v)) for k, v in jax.device_get(
-          jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
-      pending = []
-      if not math.isfinite(summary["loss"]):
-        raise DivergedError(f"training diverged: loss became {summary['loss']} between steps "
-                            f"{last_logged + 1} and {step}; lower optimizer.learning_rate or "
-                            "set optimizer.grad_clip_norm")
-      train_rate = progress.rate(step)
-      progress.mark(step)
-      summary["steps_per_sec"] = train_rate
-      summary["epoch"] = step / steps_per_epoch
-      writer.write(step, "train", summary)
-      logger.info("%s", progress.line(step, {"loss": summary["loss"],
-                                              "acc": summary["accuracy"]}))
-      last_logged = step
-    if step % eval_every == 0 or step == total_steps:
-      test_metrics = evaluate(p_eval_step, state, dataset.test_images, dataset.test_labels,
-                              config.eval_batch_size)
+  if streaming:
+    eval_source = dataset
+    chunks = _streaming_chunks(dataset, state, step_fn, config, start_step, total_steps,
+                               progress)
+  else:
+    eval_source = pipeline.InMemoryPipeline(dataset, config.batch_size, config.seed)
+    chunks = _memory_chunks(eval_source, state, step_fn, config, start_step, total_steps,
+                            progress)
+
+  rows = _TrainRows(last_logged=start_step - len(rows_snapshot.get("steps", [])),
+                    snapshot=rows_snapshot)
+  step, train_rate, results = start_step, math.nan, {}
+  for state, new_step, stacked in chunks:
+    rows.add(step + 1, stacked)
+    done = new_step == total_steps
+    boundaries = list(range((step // config.log_every_steps + 1) * config.log_every_steps,
+                            new_step + 1, config.log_every_steps))
+    if done and (not boundaries or boundaries[-1] != new_step):
+      boundaries.append(new_step)
+    if boundaries:
+      logged = list(rows.rows_through(boundaries))  # Waits for the device.
+      train_rate = progress.rate(new_step)
+      progress.mark(new_step)
+      for row_step, means, first in logged:
+        if not math.isfinite(means["loss"]):
+          raise DivergedError(f"training diverged: loss became {means['loss']} between steps "
+                              f"{first} and {row_step}; lower optimizer.learning_rate or set "
+                              "optimizer.grad_clip_norm")
+        writer.write(row_step, "train", {**means, "steps_per_sec": train_rate,
+                                         "epoch": row_step / steps_per_epoch})
+        logger.info("%s", progress.line(row_step, {"loss": means["loss"],
+                                                   "acc": means["accuracy"]}))
+    evaluate_now = done or _crossed(eval_every, step, new_step)
+    if evaluate_now:
       lr = float(optim.learning_rate(state.opt_state, lr_shape, state.step - 1))
-      writer.write(step, "test", {**test_metrics, "learning_rate": lr,
-                                  "steps_per_sec": train_rate, "epoch": step / steps_per_epoch})
-      logger.info("step %d/%d | test loss %.4f acc %.4f", step, total_steps,
-                   test_metrics["loss"], test_metrics["accuracy"])
-      progress.mark(step)
-    if step % config.checkpoint_every_steps == 0 or step == total_steps:
-      checkpoint.save(manager, step, state)
+      for split in eval_splits:
+        results[split] = evaluate(p_eval_step, state,
+                                  eval_source.eval_batches(split, config.eval_batch_size))
+        writer.write(new_step, split, {**results[split], "learning_rate": lr,
+                                       "steps_per_sec": train_rate,
+                                       "epoch": new_step / steps_per_epoch})
+        logger.info("step %d/%d | %s loss %.4f acc %.4f", new_step, total_steps, split,
+                    results[split]["loss"], results[split]["accuracy"])
+    save_now = done or _crossed(config.checkpoint_every_steps, step, new_step)
+    if save_now:
+      checkpoint.save(manager, new_step, state, rows.snapshot())
+    if evaluate_now or save_now:
+      progress.mark(new_step)  # Eval and checkpoint time are not training time.
+    step = new_step
   manager.wait_until_finished()
   manager.close()
   writer.close()
 
-  if test_metrics is None:  # Resumed a finished run: score the restored state.
-    test_metrics = evaluate(p_eval_step, state, dataset.test_images, dataset.test_labels,
-                            config.eval_batch_size)
-  test_metrics = {**test_metrics, "step": total_steps, "wall_seconds": time.time() - start_time}
-  return test_metrics
+  if "test" not in results:  # Resumed a finished run: score the restored state.
+    results["test"] = evaluate(p_eval_step, state,
+                               eval_source.eval_batches("test", config.eval_batch_size))
+  final = {**results["test"], "step": total_steps, "wall_seconds": time.time() - start_time}
+  if "validation" in results:
+    final.update({f"validation_{k}": v for k, v in results["validation"].items()})
+  return final
+
+
+def _memory_chunks(pipe: pipeline.InMemoryPipeline, state, step_fn, config, start_step: int,
+                   total_steps: int, progress: metrics.Progress):
+  """Yields (state, step reached, stacked metrics) for the in-memory pipeline.
+
+  With config.scan_epoch, each epoch (or what is left of it) is one lax.scan
+  call; otherwise one step per call. Each chunk length compiles once, ahead
+  of time, so compile time stays out of the throughput clock.
+  """
+  images, labels = pipe.arrays["train"]
+  chunk = jax.jit(functools.partial(train_chunk, batch_size=config.batch_size, step_fn=step_fn),
+                  static_argnames="length", donate_argnums=0)
+  compiled = {}
+  step, spe = start_step, pipe.steps_per_epoch
+  while step < total_steps:
+    epoch, index = divmod(step, spe)
+    order = pipe.order(epoch)
+    end = min((epoch + 1) * spe, total_steps)
+    length = end - step if config.scan_epoch else 1
+    for first in range(index, index + end - step, length):
+      if length not in compiled:
+        compiled[length] = chunk.lower(state, images, labels, order, first,
+                                       length=length).compile()
+        progress.mark(step)
+      state, stacked = compiled[length](state, images, labels, order, first)
+      step += length
+      yield state, step, stacked
+
+
+def _streaming_chunks(dataset, state, step_fn, config, start_step: int, total_steps: int,
+                      progress: metrics.Progress):
+  """Yields (state, step reached, metrics with a leading axis of 1) from tf.data."""
+  from vgg_jax.data import streaming  # pylint: disable=g-import-not-at-top
+  batches = streaming.prefetch_to_device(
+      dataset.train_batches(config.batch_size, config.seed, start_step))
+  compiled = None
+  for step in range(start_step + 1, total_steps + 1):
+    batch = next(batches)
+    if compiled is None:
+      compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()
+      progress.mark(step - 1)
+    state, step_metrics = compiled(state, batch)
+    yield state, step, jax.tree.map(lambda x: x[None], step_metrics)

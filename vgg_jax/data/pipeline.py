@@ -1,14 +1,19 @@
-"""In-memory batching with a resumable order.
+"""The device side of the data: normalization, augmentation, in-memory batching.
 
-The shuffle order of epoch e depends only on (seed, e), so a run restarted
-at step s replays exactly the batches an uninterrupted run would have seen.
-Normalization is applied by ``normalize`` inside the compiled step.
+In-memory pipeline: every split sits on the device as uint8. Each epoch's
+order is a permutation keyed on (seed, epoch), computed on the device; the
+train step gathers its batch by index, augments it with a per-step key and
+normalizes it, all inside jit, so an epoch can run as one lax.scan with no
+Python per step. A run restarted at step s replays the same batches.
 """
 
 from typing import Iterator, Sequence, Tuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vgg_jax import data as data_lib
 
 
 def normalize(images, mean: Sequence[float], std: Sequence[float], dtype=jnp.float32):
@@ -18,29 +23,61 @@ def normalize(images, mean: Sequence[float], std: Sequence[float], dtype=jnp.flo
   return x.astype(dtype)
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n)
+def random_crop_flip(images, key, padding: int, flip: bool):
+  """Zero-pad by `padding`, crop back at a random offset, maybe mirror; per example."""
+  n, h, w, _ = images.shape
+  crop_key, flip_key = jax.random.split(key)
+  if padding:
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * padding + 1)
+    crop = lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+    images = jax.vmap(crop)(padded, offsets)
+  if flip:
+    mirror = jax.random.bernoulli(flip_key, 0.5, (n, 1, 1, 1))
+    images = jnp.where(mirror, images[:, :, ::-1, :], images)
+  return images
 
 
-def train_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                  start_step: int = 0) -> Iterator[dict]:
-  """Yields shuffled full batches forever, starting at global step start_step.
-
-  Each epoch drops its last partial batch, so all steps have one shape.
-  """
-  steps_per_epoch = len(labels) // batch_size
-  step = start_step
-  while True:
-    epoch, index = divmod(step, steps_per_epoch)
-    order = epoch_permutation(seed, epoch, len(labels))
-    for i in range(index, steps_per_epoch):
-      idx = order[i * batch_size:(i + 1) * batch_size]
-      yield {"image": images[idx], "label": labels[idx]}
-    step = (epoch + 1) * steps_per_epoch
+def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+  return _permutation(key, n)
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray,
-                 batch_size: int) -> Iterator[Tuple[dict, np.ndarray]]:
+@jax.jit
+def _permutation_impl(key, x):
+  return jax.random.permutation(key, x)
+
+
+def _permutation(key, n):
+  return _permutation_impl(key, jnp.arange(n, dtype=jnp.int32))
+
+
+def gather_batch(images, labels, order, index, batch_size: int):
+  """Batch number `index` of an epoch's order. Traceable: index may be a tracer."""
+  idx = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
+  return {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
+
+
+class InMemoryPipeline:
+  """A dataset's splits on the device, with per-epoch orders and eval batches."""
+
+  def __init__(self, dataset: "data_lib.Dataset", batch_size: int, seed: int):
+    self.info = dataset.info
+    self.batch_size = batch_size
+    self.seed = seed
+    self.arrays = {s: (jax.device_put(x), jax.device_put(y)) for s, (x, y) in dataset.splits.items()}
+    self.num_examples = {s: len(y) for s, (_, y) in dataset.splits.items()}
+    self.steps_per_epoch = self.num_examples["train"] // batch_size
+
+  def order(self, epoch: int) -> jax.Array:
+    return epoch_permutation(self.seed, epoch, self.num_examples["train"])
+
+  def eval_batches(self, split: str, batch_size: int) -> Iterator[Tuple[dict, np.ndarray]]:
+    images, labels = self.arrays[split]
+    yield from eval_batches(images, labels, min(batch_size, self.num_examples[split]))
+
+
+def eval_batches(images, labels, batch_size: int) -> Iterator[Tuple[dict, np.ndarray]]:
   """Yields every example once in fixed-shape batches; the last is padded.
 
   The mask is 1 for real examples and 0 for padding, so metrics count only
@@ -51,4 +88,7 @@ def eval_batches(images: np.ndarray, labels: np.ndarray,
     idx = np.arange(start, start + batch_size)
     mask = (idx < n).astype(np.float32)
     idx = np.minimum(idx, n - 1)
-    yield {"image": images[idx], "label": labels[idx]}, mask
+    if start + batch_size <= n:  # A plain slice: no gather for full batches.
+      yield {"image": images[start:start + batch_size], "label": labels[start:start + batch_size]}, mask
+    else:
+      yield {"image": images[idx], "label": labels[idx]}, mask

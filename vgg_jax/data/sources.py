@@ -18,7 +18,6 @@ class Source:
   """How to load one dataset, and what it looks like without loading it."""
   load: Callable[[ml_collections.ConfigDict], Tuple[Split, Split]]
   image_shape: Callable[[ml_collections.ConfigDict], Tuple[int, int, int]]
-  num_classes: Callable[[ml_collections.ConfigDict], int]
   description: str
 
 
@@ -59,8 +58,8 @@ def load_synthetic(config: ml_collections.ConfigDict) -> Tuple[Split, Split]:
 
 
 SOURCES = {
-    "digits": Source(load_digits, lambda c: (8, 8, 1), lambda c: 10,
+    "digits": Source(load_digits, lambda c: (8, 8, 1),
                      "scikit-learn's bundled 8x8 handwritten digits"),
     "synthetic": Source(load_synthetic, lambda c: tuple(c.synthetic.image_shape),
-                        lambda c: c.synthetic.num_classes, "random prototypes plus noise"),
+                        "random prototypes plus noise"),
 }

@@ -1,0 +1,45 @@
+"""An MLP on Fashion-MNIST: 784-512-256-10, ReLU, dropout 0.2, Adam, 15 epochs.
+
+Works offline once the data is anywhere vgg_jax looks: prepared TFDS data,
+Debian's package (apt-get install dataset-fashion-mnist), or the four IDX
+files in --config.dataset.idx_dir. 10% of train is held out as validation.
+
+    python -m vgg_jax.main --config=configs/fashion_mnist.py --workdir=/tmp/vgg_jax/fmnist
+
+Variants: `:vgg` trains the narrow VGG16 at 32x32 instead;
+`:binary` is sneaker vs ankle boot with the sigmoid head.
+"""
+
+from vgg_jax.config_lib import base_config
+
+
+def get_config(arg=None):
+  config = base_config()
+  config.dataset.name = "fashion_mnist"
+  config.dataset.validation_fraction = 0.1
+  config.model.hidden_sizes = (512, 256)
+  config.model.dropout_rate = 0.2
+  config.optimizer.name = "adam"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.schedule = "cosine"
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  config.num_epochs = 15
+  config.log_every_steps = 200
+  config.checkpoint_every_steps = 2000
+  if arg == "vgg":
+    config.dataset.image_size = 32
+    config.model.name = "vgg16"
+    config.model.width_multiplier = 0.125
+    config.model.classifier_sizes = (128,)
+    config.model.dropout_rate = 0.3
+    config.model.kernel_init = "he_normal"
+    config.dataset.crop_padding = 2
+    config.num_epochs = 10
+  elif arg == "binary":
+    config.dataset.classes = ("sneaker", "ankle_boot")
+    config.head = "binary"
+    config.num_epochs = 5
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r}; use vgg or binary")
+  return config
