@@ -30,6 +30,7 @@ def tiny_config():
   config.num_epochs = 2
   config.log_every_steps = 4
   config.checkpoint_every_steps = 8
+  config.num_devices = 1  # The parallel tests ask for the 8 fake devices themselves.
   return config
 
 

@@ -85,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Log rows are exact either way; evals and checkpoints then happen at the
   # end of the epoch in which their interval falls.
   c.scan_epoch = True
+  # Data parallel over num_devices (-1: all) in the jit form (Mesh + NamedSharding)
+  # or the pmap form. batch_size is global and must divide by the device count.
+  c.parallelism = "jit"
+  c.num_devices = -1
   c.batch_size = 64
   c.eval_batch_size = 512
   c.num_epochs = 30

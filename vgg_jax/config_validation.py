@@ -9,7 +9,7 @@ from typing import Iterable
 
 import ml_collections
 
-from vgg_jax import data, models, optim
+from vgg_jax import data, models, optim, parallel
 from vgg_jax.errors import ConfigError
 from vgg_jax.models import common
 
@@ -83,6 +83,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("optimizer.step_boundaries", tuple(config.optimizer.step_boundaries),
                         "fractions of training strictly between 0 and 1")
 
+  _choice(config, "parallelism", parallel.PARALLELISMS)
+  _number(config, "num_devices", 1, integer=True, extra=(-1,))
   _number(config, "seed", 0, integer=True)
   _number(config, "batch_size", 1, integer=True)
   _number(config, "eval_batch_size", 1, integer=True)
@@ -156,8 +158,19 @@ def _validate_dataset(config):
 
 
 def validate_derived(config: ml_collections.ConfigDict, num_train: int, total_steps: int,
-                     num_classes: int):
-  """Checks that need the loaded dataset; runs after loading, before any write."""
+                     num_classes: int, num_devices: int = 1):
+  """Checks that need the loaded dataset and the devices; before any write."""
+  import jax  # pylint: disable=g-import-not-at-top
+  available = jax.device_count() if config.parallelism == "jit" else jax.local_device_count()
+  if num_devices > available:
+    raise ConfigError("num_devices", config.num_devices,
+                      f"-1 or at most the {available} devices this run can use")
+  if config.batch_size % num_devices:
+    raise ConfigError("batch_size", config.batch_size,
+                      f"a multiple of the {num_devices} devices (the batch is split evenly)")
+  if config.parallelism == "pmap" and jax.process_count() > 1:
+    raise ConfigError("parallelism", config.parallelism,
+                      "jit for multi-process runs (the pmap form here is single-process)")
   if config.batch_size > num_train:
     raise ConfigError("batch_size", config.batch_size,
                       f"at most the {num_train} training examples of {config.dataset.name}")

@@ -10,6 +10,7 @@ anything is written to the workdir.
 """
 
 import logging as std_logging
+import os
 import re
 import sys
 
@@ -22,6 +23,16 @@ from vgg_jax.errors import DivergedError, UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
+# Multi-process runs. Defaults come from JAX's own environment variables, so a
+# launcher can set either; on TPU pods and SLURM, --multihost finds them all.
+flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS", ""),
+                    "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", "0")),
+                     "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", "-1")),
+                     "This process's index in a multi-process run.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() and let it find the "
+                  "cluster (TPU pods, SLURM).")
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -70,7 +81,9 @@ def main(argv):
     _fail(f"cannot load --config={FLAGS['config'].serialize().split('=', 1)[-1]}: {lines[-1]}")
   try:
     config_validation.validate(config)
-    from vgg_jax import train  # pylint: disable=g-import-not-at-top
+    from vgg_jax import parallel, train  # pylint: disable=g-import-not-at-top
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id, auto=FLAGS.multihost)
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except DivergedError as e:
     _fail(str(e), code=1)

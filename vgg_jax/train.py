@@ -28,12 +28,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from vgg_jax import checkpoint, config_validation, data, metrics, models, optim
+from vgg_jax import checkpoint, config_validation, data, metrics, models, optim, parallel
 from vgg_jax.data import pipeline
 from vgg_jax.errors import DivergedError
 from vgg_jax.models import common
 
 logger = logging.getLogger(__name__)
+
+PMAP_AXIS = "devices"
 
 
 class TrainState(train_state.TrainState):
@@ -70,9 +72,17 @@ def _variables(state: TrainState, params) -> Dict[str, Any]:
 
 
 def train_step(state: TrainState, batch, *, head: models.Head, preprocess: Callable,
-               lr_shape: Callable):
-  """One optimizer step on a batch of uint8 images; returns (state, metrics)."""
-  dropout_rng, augment_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+               lr_shape: Callable, axis_name: Optional[str] = None):
+  """One optimizer step on a batch of uint8 images; returns (state, metrics).
+
+  Under pmap, axis_name names the device axis: gradients and metrics are
+  averaged over it (BatchNorm averages its statistics itself), and each
+  device draws its own dropout masks and crops.
+  """
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+  dropout_rng, augment_rng = jax.random.split(step_rng)
   images = preprocess(batch["image"], augment_rng)
   labels = batch["label"]
 
@@ -82,11 +92,14 @@ def train_step(state: TrainState, batch, *, head: models.Head, preprocess: Calla
     return head.loss(logits, labels).mean(), (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  accuracy = jnp.mean(head.predict(logits) == labels)
+  if axis_name is not None:
+    grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
   new_state = state.apply_gradients(grads=grads,
                                     batch_stats=updates.get("batch_stats", state.batch_stats))
   step_metrics = {
       "loss": loss,
-      "accuracy": jnp.mean(head.predict(logits) == labels),
+      "accuracy": accuracy,
       "learning_rate": optim.learning_rate(state.opt_state, lr_shape, state.step),
       "grad_norm": optax.tree.norm(grads),
   }
@@ -94,15 +107,19 @@ def train_step(state: TrainState, batch, *, head: models.Head, preprocess: Calla
 
 
 def train_chunk(state: TrainState, images, labels, order, first, *, length: int,
-                batch_size: int, step_fn: Callable):
+                batch_size: int, step_fn: Callable, batch_sharding=None):
   """`length` steps of the in-memory pipeline as one lax.scan.
 
   Batch first+i of the epoch `order` is gathered on the device; the metrics
-  come back stacked, one row per step.
+  come back stacked, one row per step. With batch_sharding (jit data
+  parallel) each gathered batch is split over the mesh's data axis.
   """
 
   def body(state, i):
-    return step_fn(state, pipeline.gather_batch(images, labels, order, first + i, batch_size))
+    batch = pipeline.gather_batch(images, labels, order, first + i, batch_size)
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return step_fn(state, batch)
 
   return jax.lax.scan(body, state, jnp.arange(length))
 
@@ -208,12 +225,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   info = dataset.info
   num_train = dataset.num_train
   total_steps = total_train_steps(config, num_train)
-  config_validation.validate_derived(config, num_train, total_steps, info.num_classes)
+  num_devices = parallel.resolve_num_devices(config.num_devices)
+  config_validation.validate_derived(config, num_train, total_steps, info.num_classes,
+                                     num_devices)
   steps_per_epoch = num_train // config.batch_size
   streaming = not isinstance(dataset, data.Dataset)
+  use_pmap = config.parallelism == "pmap" and num_devices > 1
 
   head = models.get_head(config.head)
-  model = models.create_model(config.model, head.num_outputs(info.num_classes), config.dtype)
+  model = models.create_model(config.model, head.num_outputs(info.num_classes), config.dtype,
+                              bn_axis_name=PMAP_AXIS if use_pmap else None)
   tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps)
   state = create_train_state(jax.random.PRNGKey(config.seed), model, tx, info.image_shape)
   logger.info("%s on %s (%s): %s params, %d train examples, %d steps (%d per epoch)",
@@ -222,11 +243,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
               steps_per_epoch)
 
   os.makedirs(workdir, exist_ok=True)
-  _write_config(config, workdir)
+  if jax.process_index() == 0:
+    _write_config(config, workdir)
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
   state, start_step, rows_snapshot = checkpoint.restore_latest(manager, state)
   if start_step:
     logger.info("resumed from checkpoint at step %d", start_step)
+  if num_devices > 1:
+    logger.info("%s data parallel over %d devices (%d per process)", config.parallelism,
+                num_devices, jax.local_device_count())
   writer = metrics.MetricsWriter(workdir, resume_step=start_step)
 
   dtype = common.DTYPES[config.dtype]
@@ -241,19 +266,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       dataset.num_examples if streaming else dataset.splits)]
 
   progress = metrics.Progress(total_steps)
+  dp = parallel.DataParallel.create(1 if use_pmap else num_devices)
+  if not use_pmap:
+    state = dp.replicate(state)
   if streaming:
     eval_source = dataset
-    chunks = _streaming_chunks(dataset, state, step_fn, config, start_step, total_steps,
-                               progress)
+    batches = dataset.train_batches(config.batch_size // jax.process_count(), config.seed,
+                                    start_step)
   else:
-    eval_source = pipeline.InMemoryPipeline(dataset, config.batch_size, config.seed)
-    chunks = _memory_chunks(eval_source, state, step_fn, config, start_step, total_steps,
+    # Under pmap the data stays uncommitted on one device; pmap splits each batch.
+    eval_source = pipeline.InMemoryPipeline(dataset, config.batch_size, config.seed,
+                                            place=jax.device_put if use_pmap else dp.replicate)
+  if use_pmap:
+    if not streaming:
+      batches = _memory_batches(eval_source, start_step)
+    chunks = _pmap_chunks(batches, state, step_fn, num_devices, start_step, total_steps,
+                          progress)
+  elif streaming:
+    chunks = _streaming_chunks(batches, dp, state, step_fn, start_step, total_steps, progress)
+  else:
+    chunks = _memory_chunks(eval_source, dp, state, step_fn, config, start_step, total_steps,
                             progress)
 
   rows = _TrainRows(last_logged=start_step - len(rows_snapshot.get("steps", [])),
                     snapshot=rows_snapshot)
   step, train_rate, results = start_step, math.nan, {}
   for state, new_step, stacked in chunks:
+    if use_pmap:  # Eval and checkpoints use one copy; the metrics are pmean'ed already.
+      state, stacked = parallel.unreplicate(state), parallel.unreplicate(stacked)
     rows.add(step + 1, stacked)
     done = new_step == total_steps
     boundaries = list(range((step // config.log_every_steps + 1) * config.log_every_steps,
@@ -303,8 +343,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   return final
 
 
-def _memory_chunks(pipe: pipeline.InMemoryPipeline, state, step_fn, config, start_step: int,
-                   total_steps: int, progress: metrics.Progress):
+def _memory_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, state, step_fn,
+                   config, start_step: int, total_steps: int, progress: metrics.Progress):
   """Yields (state, step reached, stacked metrics) for the in-memory pipeline.
 
   With config.scan_epoch, each epoch (or what is left of it) is one lax.scan
@@ -312,7 +352,9 @@ def _memory_chunks(pipe: pipeline.InMemoryPipeline, state, step_fn, config, star
   of time, so compile time stays out of the throughput clock.
   """
   images, labels = pipe.arrays["train"]
-  chunk = jax.jit(functools.partial(train_chunk, batch_size=config.batch_size, step_fn=step_fn),
+  sharding = dp.batch_sharding if dp.num_devices > 1 else None
+  chunk = jax.jit(functools.partial(train_chunk, batch_size=config.batch_size, step_fn=step_fn,
+                                    batch_sharding=sharding),
                   static_argnames="length", donate_argnums=0)
   compiled = {}
   step, spe = start_step, pipe.steps_per_epoch
@@ -331,12 +373,24 @@ def _memory_chunks(pipe: pipeline.InMemoryPipeline, state, step_fn, config, star
       yield state, step, stacked
 
 
-def _streaming_chunks(dataset, state, step_fn, config, start_step: int, total_steps: int,
-                      progress: metrics.Progress):
+def _memory_batches(pipe: pipeline.InMemoryPipeline, start_step: int) -> Iterator[dict]:
+  """Global batches gathered on the default device, one per step (for pmap)."""
+  images, labels = pipe.arrays["train"]
+  gather = jax.jit(pipeline.gather_batch, static_argnames="batch_size")
+  step = start_step
+  while True:
+    epoch, index = divmod(step, pipe.steps_per_epoch)
+    order = pipe.order(epoch)
+    for i in range(index, pipe.steps_per_epoch):
+      yield gather(images, labels, order, i, batch_size=pipe.batch_size)
+    step = (epoch + 1) * pipe.steps_per_epoch
+
+
+def _streaming_chunks(batches, dp: parallel.DataParallel, state, step_fn, start_step: int,
+                      total_steps: int, progress: metrics.Progress):
   """Yields (state, step reached, metrics with a leading axis of 1) from tf.data."""
   from vgg_jax.data import streaming  # pylint: disable=g-import-not-at-top
-  batches = streaming.prefetch_to_device(
-      dataset.train_batches(config.batch_size, config.seed, start_step))
+  batches = streaming.prefetch_to_device(batches, place=dp.shard_batch)
   compiled = None
   for step in range(start_step + 1, total_steps + 1):
     batch = next(batches)
@@ -345,3 +399,18 @@ def _streaming_chunks(dataset, state, step_fn, config, start_step: int, total_st
       progress.mark(step - 1)
     state, step_metrics = compiled(state, batch)
     yield state, step, jax.tree.map(lambda x: x[None], step_metrics)
+
+
+def _pmap_chunks(batches, state, step_fn, num_devices: int, start_step: int, total_steps: int,
+                 progress: metrics.Progress):
+  """The pmap form: state with a leading device axis, batches split per device."""
+  p_step = jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
+                    devices=jax.local_devices()[:num_devices], donate_argnums=0)
+  state = parallel.replicate_for_pmap(state, num_devices)
+  for step in range(start_step + 1, total_steps + 1):
+    batch = parallel.split_for_pmap(next(batches), num_devices)
+    state, step_metrics = p_step(state, batch)
+    if step == start_step + 1:
+      jax.block_until_ready(step_metrics)  # Leave the compile out of steps/s.
+      progress.mark(step)
+    yield state, step, jax.tree.map(lambda x: x[:, None], step_metrics)

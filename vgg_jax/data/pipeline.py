@@ -61,20 +61,24 @@ def gather_batch(images, labels, order, index, batch_size: int):
 class InMemoryPipeline:
   """A dataset's splits on the device, with per-epoch orders and eval batches."""
 
-  def __init__(self, dataset: "data_lib.Dataset", batch_size: int, seed: int):
+  def __init__(self, dataset: "data_lib.Dataset", batch_size: int, seed: int,
+               place=jax.device_put):
+    """`place` puts a host array on the device(s): replicated for data parallel."""
     self.info = dataset.info
     self.batch_size = batch_size
     self.seed = seed
-    self.arrays = {s: (jax.device_put(x), jax.device_put(y)) for s, (x, y) in dataset.splits.items()}
+    self.place = place
+    self.arrays = {s: (place(x), place(y)) for s, (x, y) in dataset.splits.items()}
     self.num_examples = {s: len(y) for s, (_, y) in dataset.splits.items()}
     self.steps_per_epoch = self.num_examples["train"] // batch_size
 
   def order(self, epoch: int) -> jax.Array:
-    return epoch_permutation(self.seed, epoch, self.num_examples["train"])
+    return self.place(np.asarray(epoch_permutation(self.seed, epoch, self.num_examples["train"])))
 
   def eval_batches(self, split: str, batch_size: int) -> Iterator[Tuple[dict, np.ndarray]]:
     images, labels = self.arrays[split]
-    yield from eval_batches(images, labels, min(batch_size, self.num_examples[split]))
+    for batch, mask in eval_batches(images, labels, min(batch_size, self.num_examples[split])):
+      yield batch, self.place(mask)
 
 
 def eval_batches(images, labels, batch_size: int) -> Iterator[Tuple[dict, np.ndarray]]:

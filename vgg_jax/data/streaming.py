@@ -169,12 +169,13 @@ def _augment(tf, image, seed, padding: int, flip: bool):
   return image
 
 
-def prefetch_to_device(batches: Iterator[dict], size: int = 2) -> Iterator[dict]:
-  """Keeps `size` batches in flight to the device while the step runs."""
+def prefetch_to_device(batches: Iterator[dict], size: int = 2,
+                       place=jax.device_put) -> Iterator[dict]:
+  """Keeps `size` batches in flight to the device(s) while the step runs."""
   import collections  # pylint: disable=g-import-not-at-top
   queue = collections.deque()
   for batch in batches:
-    queue.append(jax.device_put(batch))
+    queue.append(place(batch))
     if len(queue) > size:
       yield queue.popleft()
   while queue:

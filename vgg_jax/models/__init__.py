@@ -16,7 +16,7 @@ MODELS = ("mlp",) + tuple(VGG_STAGES)
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_outputs: int,
-                 dtype: str = "float32") -> nn.Module:
+                 dtype: str = "float32", bn_axis_name=None) -> nn.Module:
   """Builds the module named by model_config.name."""
   name = model_config.name
   compute_dtype = common.DTYPES[dtype]
@@ -30,7 +30,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_outputs: int,
                dropout_rate=model_config.dropout_rate, batch_norm=model_config.batch_norm,
                width_multiplier=model_config.width_multiplier,
                activation=model_config.activation, kernel_init=model_config.kernel_init,
-               dtype=compute_dtype)
+               dtype=compute_dtype, bn_axis_name=bn_axis_name)
   raise KeyError(name)
 
 

@@ -8,7 +8,7 @@ a classifier of FC-ReLU-Dropout blocks. Parameter names (conv{stage}_{i},
 fc{j}, head) follow the paper's layer numbering so imported weights map 1:1.
 """
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -49,6 +49,8 @@ class VGG(nn.Module):
   activation: str = "relu"
   kernel_init: str = "he_normal"
   dtype: Any = jnp.float32
+  # Under pmap: the device axis, so BatchNorm averages statistics across it.
+  bn_axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -66,6 +68,7 @@ class VGG(nn.Module):
                     name=f"conv{s}_{i}")(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                           axis_name=self.bn_axis_name if train else None,
                            name=f"bn{s}_{i}")(x)
         x = act(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")

@@ -1,0 +1,121 @@
+"""Data parallel: the jit and pmap forms match the single-device step."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from vgg_jax import checkpoint, metrics, models, optim, train
+from vgg_jax.errors import ConfigError
+
+
+def final_params(config, workdir, num_classes):
+  head = models.get_head(config.head)
+  model = models.create_model(config.model, head.num_outputs(num_classes))
+  tx, _ = optim.create_optimizer(config.optimizer, 10)
+  template = train.create_train_state(jax.random.PRNGKey(0), model, tx,
+                                      tuple(config.dataset.synthetic.image_shape))
+  state, _, _ = checkpoint.restore_latest(checkpoint.create_manager(workdir, 1), template)
+  return state
+
+
+def run(config, tmp_path, name, parallelism, devices):
+  config.parallelism, config.num_devices = parallelism, devices
+  workdir = str(tmp_path / name)
+  result = train.train_and_evaluate(config, workdir)
+  return result, final_params(config, workdir, 3), metrics.read_metrics(workdir)
+
+
+def assert_close_trees(a, b, **tol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+@pytest.mark.parametrize("model", ["mlp", "vgg_bn"])
+def test_jit_and_pmap_match_single_device(tmp_path, model):
+  assert jax.local_device_count() == 8
+  config = tiny_config()
+  config.optimizer.name, config.optimizer.learning_rate = "momentum", 0.05
+  config.scan_epoch = False
+  if model == "vgg_bn":
+    config.dataset.synthetic.image_shape = (8, 8, 1)
+    config.model.name = "vgg11"
+    config.model.width_multiplier = 1 / 32
+    config.model.classifier_sizes = (8,)
+    config.model.batch_norm = True
+    config.model.dropout_rate = 0.0
+    config.dataset.synthetic.image_shape = (17, 17, 1)
+    config.num_epochs = 1
+  single = run(config, tmp_path, "single", "jit", 1)
+  for parallelism in ("jit", "pmap"):
+    result, state, rows = run(config, tmp_path, parallelism, parallelism, 8)
+    assert_close_trees(state.params, single[1].params, rtol=1e-5, atol=1e-6)
+    # BatchNorm statistics are the cross-device mean: equal to the global batch's.
+    assert_close_trees(state.batch_stats, single[1].batch_stats, rtol=1e-5, atol=1e-6)
+    assert result["accuracy"] == pytest.approx(single[0]["accuracy"], abs=1e-6)
+    assert result["loss"] == pytest.approx(single[0]["loss"], rel=1e-5)
+    for a, b in zip(rows, single[2]):
+      assert (a["step"], a["split"]) == (b["step"], b["split"])
+      assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_jit_data_parallel_scan_and_dropout_match_single_device(tmp_path):
+  """The jit form is one program over the mesh: even dropout masks match."""
+  config = tiny_config()
+  config.model.dropout_rate = 0.3
+  config.dataset.crop_padding = 1
+  single = run(config, tmp_path, "single", "jit", 1)
+  sharded = run(config, tmp_path, "sharded", "jit", 8)
+  assert_close_trees(sharded[1].params, single[1].params, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_that_does_not_divide_the_devices_is_a_config_error(tmp_path):
+  config = tiny_config()
+  config.batch_size, config.num_devices = 36, 8
+  with pytest.raises(ConfigError, match="batch_size=36.*multiple of the 8 devices"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+  config.batch_size, config.num_devices = 32, 16
+  with pytest.raises(ConfigError, match="num_devices=16"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+MULTI_ARGS = ["--config=configs/default.py", "--config.model.hidden_sizes=(32,)",
+              "--config.num_epochs=2", "--config.log_every_steps=11",
+              "--config.checkpoint_every_steps=11", "--config.optimizer.name=momentum",
+              "--config.optimizer.learning_rate=0.05"]
+
+
+def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
+  """2 processes x 2 CPU devices over 127.0.0.1 (gloo) == 1 process x 4 devices."""
+  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from conftest import REPO, run_cli  # pylint: disable=g-import-not-at-top
+  one = run_cli(MULTI_ARGS, workdir=tmp_path / "one",
+                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert one.returncode == 0, one.stderr
+  port = _free_port()
+  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "vgg_jax.main", *MULTI_ARGS, f"--workdir={tmp_path / 'two'}",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "process 1 of 2" in outs[1][1] and "4 devices" in outs[0][1]
+  strip = lambda rows: [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in rows]
+  two_rows = strip(metrics.read_metrics(str(tmp_path / "two")))
+  one_rows = strip(metrics.read_metrics(str(tmp_path / "one")))
+  assert [(r["step"], r["split"]) for r in two_rows] == [(r["step"], r["split"]) for r in one_rows]
+  for a, b in zip(two_rows, one_rows):
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
