@@ -95,6 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_train_steps = -1  # -1: num_epochs * steps_per_epoch.
   c.log_every_steps = 50
   c.eval_every_steps = -1  # -1: once per epoch; the last step always evaluates.
+  # Sweep: a JSON list of {config key: value} overrides, one per run; build it
+  # with vgg_jax.sweep.product / zip_ / axis in a config file. Empty: one run.
+  c.sweep = ""
+  # Models per vmap program within a sweep group; -1 picks by backend and size.
+  c.sweep_vmap_size = -1
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3
   return c

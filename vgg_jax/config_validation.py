@@ -94,6 +94,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _number(config, "eval_every_steps", 1, integer=True, extra=(-1,))
   _number(config, "checkpoint_every_steps", 1, integer=True)
   _number(config, "keep_checkpoints", 1, integer=True)
+  _number(config, "sweep_vmap_size", 1, integer=True, extra=(-1,))
 
   _number(config, "model.dropout_rate", 0, 1, high_open=True)
   if config.model.name == "mlp":

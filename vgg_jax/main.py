@@ -31,6 +31,8 @@ flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", "0
                      "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", "-1")),
                      "This process's index in a multi-process run.")
+flags.DEFINE_string("sweep_shard", "0/1", "For a config with a sweep: run i of every n "
+                    "runs (i/n), so n workers split the list.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() and let it find the "
                   "cluster (TPU pods, SLURM).")
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
@@ -81,9 +83,16 @@ def main(argv):
     _fail(f"cannot load --config={FLAGS['config'].serialize().split('=', 1)[-1]}: {lines[-1]}")
   try:
     config_validation.validate(config)
-    from vgg_jax import parallel, train  # pylint: disable=g-import-not-at-top
+    from vgg_jax import parallel, sweep, train  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, auto=FLAGS.multihost)
+    if config.sweep:
+      results = sweep.run_sweep(config, FLAGS.workdir, FLAGS.sweep_shard)
+      for r in results:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in r.items()))
+      print(f"{len(results)} runs -> {FLAGS.workdir}")
+      return
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except DivergedError as e:
     _fail(str(e), code=1)

@@ -1,0 +1,120 @@
+"""Sweeps: specs, K models per vmap program, divergence, shards, resume."""
+
+import csv
+import os
+
+import pytest
+
+from conftest import run_cli, tiny_config
+from vgg_jax import sweep, train
+from vgg_jax.errors import ConfigError
+
+
+def read_results(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def final_rows(rows):
+  last = {}
+  for r in rows:
+    if r["split"] == "test":
+      last[int(r["run_id"])] = r
+  return last
+
+
+def test_product_and_zip():
+  runs = sweep.product(sweep.axis("a", [1, 2]), sweep.zip_(sweep.axis("b", [3, 4]),
+                                                           sweep.axis("c", [5, 6])))
+  assert runs == [{"a": 1, "b": 3, "c": 5}, {"a": 1, "b": 4, "c": 6},
+                  {"a": 2, "b": 3, "c": 5}, {"a": 2, "b": 4, "c": 6}]
+  with pytest.raises(ValueError):
+    sweep.zip_(sweep.axis("a", [1]), sweep.axis("b", [1, 2]))
+
+
+def test_vmapped_models_equal_separate_runs(tmp_path):
+  config = tiny_config()
+  config.model.dropout_rate = 0.1
+  config.optimizer.name = "momentum"
+  runs = sweep.product(sweep.axis("optimizer.learning_rate", [0.01, 0.05]),
+                       sweep.axis("seed", [0, 3]))
+  config.sweep = sweep.to_config(runs)
+  results = sweep.run_sweep(config, str(tmp_path / "sweep"))
+  assert len(results) == 4
+  for r in results:
+    single = sweep.apply_overrides(config, runs[r["run_id"]])
+    alone = train.train_and_evaluate(single, str(tmp_path / f"alone{r['run_id']}"))
+    assert r["test_loss"] == pytest.approx(alone["loss"], rel=1e-4)
+    assert r["test_accuracy"] == pytest.approx(alone["accuracy"], abs=1e-6)
+  # Different seeds and rates really are different models.
+  assert len({round(r["test_loss"], 6) for r in results}) == 4
+
+
+def test_diverged_member_is_frozen_and_siblings_are_untouched(tmp_path):
+  config = tiny_config()
+  config.optimizer.name = "sgd"
+  config.sweep = sweep.to_config(sweep.axis("optimizer.learning_rate", [0.05, 1e12]))
+  results = {r["run_id"]: r for r in sweep.run_sweep(config, str(tmp_path / "s"))}
+  assert results[1]["status"] == "diverged" and results[0]["status"] == "done"
+  config.sweep, config.optimizer.learning_rate = "", 0.05
+  alone = train.train_and_evaluate(config, str(tmp_path / "alone"))
+  assert results[0]["test_loss"] == pytest.approx(alone["loss"], rel=1e-5)
+
+
+def test_shape_changing_axes_become_separate_groups(tmp_path):
+  config = tiny_config()
+  config.sweep = sweep.to_config(sweep.product(sweep.axis("model.hidden_sizes", [[8], [16, 16]]),
+                                               sweep.axis("seed", [0, 1])))
+  results = sweep.run_sweep(config, str(tmp_path))
+  assert sorted(r["run_id"] for r in results) == [0, 1, 2, 3]
+  rows = read_results(os.path.join(tmp_path, "results.csv"))
+  assert {r["model.hidden_sizes"] for r in rows} == {"[8]", "[16, 16]"}
+
+
+def test_sweep_composes_with_data_parallel(tmp_path):
+  config = tiny_config()
+  config.sweep = sweep.to_config(sweep.axis("seed", [0, 1, 2]))
+  one = sweep.run_sweep(config, str(tmp_path / "one"))
+  config.num_devices = 8
+  eight = sweep.run_sweep(config, str(tmp_path / "eight"))
+  for a, b in zip(one, eight):
+    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+
+
+def test_rerun_skips_finished_runs(tmp_path):
+  config = tiny_config()
+  config.sweep = sweep.to_config(sweep.axis("seed", [0, 1]))
+  sweep.run_sweep(config, str(tmp_path))
+  before = read_results(os.path.join(tmp_path, "results.csv"))
+  assert sweep.run_sweep(config, str(tmp_path)) == []
+  assert read_results(os.path.join(tmp_path, "results.csv")) == before
+
+
+def test_bad_sweep_axis_and_shard_are_config_errors(tmp_path):
+  config = tiny_config()
+  config.sweep = sweep.to_config(sweep.axis("optimizer.lerning_rate", [0.1]))
+  with pytest.raises(ConfigError, match="optimizer.lerning_rate"):
+    sweep.run_sweep(config, str(tmp_path))
+  with pytest.raises(ConfigError, match="sweep_shard"):
+    sweep.parse_shard("2/2")
+
+
+def test_digits_sweep_24_runs_and_two_shards_cover_them(tmp_path):
+  fast = ["--config=configs/sweep_digits.py", "--config.num_epochs=2"]
+  full = run_cli(fast, workdir=tmp_path / "full")
+  assert full.returncode == 0, full.stderr
+  assert "24 runs" in full.stdout
+  all_runs = final_rows(read_results(tmp_path / "full" / "results.csv"))
+  assert sorted(all_runs) == list(range(24))
+  keys = lambda r: (r["optimizer.learning_rate"], r["seed"])
+  assert len({keys(r) for r in all_runs.values()}) == 24
+  shards = {}
+  for i in range(2):
+    proc = run_cli(fast + [f"--sweep_shard={i}/2"], workdir=tmp_path / "sharded")
+    assert proc.returncode == 0, proc.stderr
+    shards[i] = final_rows(read_results(tmp_path / "sharded" / f"results-shard{i}of2.csv"))
+  assert not set(shards[0]) & set(shards[1])
+  assert sorted(set(shards[0]) | set(shards[1])) == list(range(24))
+  for run_id, row in {**shards[0], **shards[1]}.items():
+    assert keys(row) == keys(all_runs[run_id])
+    assert float(row["accuracy"]) == pytest.approx(float(all_runs[run_id]["accuracy"]), abs=1e-6)

@@ -1,0 +1,298 @@
+"""Sweeps: many runs from one command, K models per compiled program.
+
+A sweep is a list of runs; each run is a dict of config overrides. Build it
+in a config file with `product` and `zip` (big_vision's get_hyper style):
+
+    config.sweep = sweep.product(sweep.axis("optimizer.learning_rate", [1e-3, 1e-2]),
+                                 sweep.axis("seed", [0, 1, 2]))
+
+Runs that differ only in *values* (VMAPPED: seed, learning rate, momentum,
+weight decay) form one group and train together: params and optimizer
+states are stacked and the whole scanned epoch is jax.vmap'ed, with each
+model's injected hyperparameters as arrays and its own data order. Any
+other override (depth, width, batch size, optimizer name, dropout, ...)
+changes the program, so those runs form separate groups, run one after
+another in the same command.
+
+A model whose loss turns non-finite is frozen at its last finite state and
+marked diverged; its siblings keep training untouched. `--sweep_shard=i/n`
+keeps runs i, i+n, i+2n, ... so n workers cover the list exactly once.
+Every eval writes one tidy row per run to results.csv; rerunning skips runs
+that already finished.
+"""
+
+import csv
+import functools
+import itertools
+import json
+import logging
+import os
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vgg_jax import config_validation, data, models, optim, parallel, train
+from vgg_jax.data import pipeline
+from vgg_jax.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+VMAPPED = ("seed", "optimizer.learning_rate", "optimizer.momentum", "optimizer.weight_decay")
+RESULTS_FILE = "results.csv"
+Run = Dict[str, object]
+
+
+# ------------------------------------------------------------ sweep specs
+
+
+def axis(key: str, values: Sequence) -> List[Run]:
+  return [{key: v} for v in values]
+
+
+def product(*axes: List[Run]) -> List[Run]:
+  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
+          for combo in itertools.product(*axes)]
+
+
+def zip_(*axes: List[Run]) -> List[Run]:
+  if len({len(a) for a in axes}) > 1:
+    raise ValueError(f"zip needs axes of equal length, got {[len(a) for a in axes]}")
+  return [dict(itertools.chain.from_iterable(d.items() for d in combo)) for combo in zip(*axes)]
+
+
+def to_config(runs: List[Run]) -> str:
+  """Runs as stored in config.sweep: a JSON string (ConfigDicts hold no dotted keys)."""
+  return json.dumps(runs)
+
+
+def runs_from_config(config: ml_collections.ConfigDict) -> List[Run]:
+  if not config.sweep:
+    return []
+  runs = json.loads(config.sweep) if isinstance(config.sweep, str) else list(config.sweep)
+  if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+    raise ConfigError("sweep", config.sweep, "a JSON list of {key: value} run overrides")
+  return runs
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+  try:
+    index, count = (int(x) for x in text.split("/"))
+    if not 0 <= index < count:
+      raise ValueError
+  except ValueError:
+    raise ConfigError("sweep_shard", text, "i/n with 0 <= i < n, e.g. 0/2") from None
+  return index, count
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Run):
+  config = ml_collections.ConfigDict(config.to_dict())  # A deep, unlocked copy.
+  for key, value in overrides.items():
+    parent = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+      if part not in parent:
+        raise ConfigError(f"sweep axis {key}", value, "an existing config key")
+      parent = parent[part]
+    if parts[-1] not in parent:
+      raise ConfigError(f"sweep axis {key}", value, "an existing config key")
+    old = parent[parts[-1]]
+    parent[parts[-1]] = type(old)(value) if isinstance(old, (int, float)) and not isinstance(
+        old, bool) and isinstance(value, (int, float)) else value
+  config.sweep = ""
+  return config
+
+
+# ---------------------------------------------------------------- running
+
+
+def _group_key(overrides: Run) -> Tuple:
+  return tuple(sorted((k, json.dumps(v)) for k, v in overrides.items() if k not in VMAPPED))
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1") -> List[Dict]:
+  """Runs this shard's part of config.sweep; returns one result dict per run."""
+  runs = runs_from_config(config)
+  index, count = parse_shard(shard)
+  mine = [(i, r) for i, r in enumerate(runs) if i % count == index]
+  configs = {i: apply_overrides(config, r) for i, r in mine}
+  for i, c in configs.items():  # Every run's config is checked before anything runs.
+    config_validation.validate(c)
+  keys = sorted({k for r in runs for k in r})
+  os.makedirs(workdir, exist_ok=True)
+  name = RESULTS_FILE if count == 1 else f"results-shard{index}of{count}.csv"
+  writer = ResultsWriter(os.path.join(workdir, name), keys)
+  finished = writer.finished_runs()
+  todo = [(i, r) for i, r in mine if i not in finished]
+  logger.info("sweep: %d runs, %d in shard %s, %d already finished", len(runs), len(mine),
+              shard, len(mine) - len(todo))
+  groups: Dict[Tuple, List] = {}
+  for i, r in todo:
+    groups.setdefault(_group_key(r), []).append((i, r))
+  results = []
+  start = time.time()
+  for members in groups.values():
+    results += train_group(configs[members[0][0]], members, writer, start)
+  return results
+
+
+class ResultsWriter:
+  """results.csv: one tidy row per run per eval (process 0 writes)."""
+
+  FIELDS = ("step", "split", "loss", "accuracy", "status", "wall_seconds")
+
+  def __init__(self, path: str, keys: List[str]):
+    self.path, self.keys = path, keys
+    self.enabled = jax.process_index() == 0
+    rows = self._read()
+    done = {r["run_id"] for r in rows if r["status"] in ("done", "diverged")}
+    self._finished = {int(r) for r in done}
+    if self.enabled:  # Unfinished runs start over: drop their partial rows.
+      tmp = path + ".tmp"
+      with open(tmp, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["run_id", *keys, *self.FIELDS])
+        for r in rows:
+          if r["run_id"] in done:
+            out.writerow([r["run_id"], *[r.get(k, "") for k in keys],
+                          *[r[k] for k in self.FIELDS]])
+      os.replace(tmp, path)
+
+  def _read(self) -> List[Dict]:
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path, newline="") as f:
+      return list(csv.DictReader(f))
+
+  def finished_runs(self) -> set:
+    return set(self._finished)
+
+  def write(self, run_id: int, overrides: Run, row: Dict) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a", newline="") as f:
+      csv.writer(f).writerow([run_id, *[overrides.get(k, "") for k in self.keys],
+                              *[row[k] for k in self.FIELDS]])
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _member_state(config, model, tx, image_shape):
+  state = train.create_train_state(jax.random.PRNGKey(config.seed), model, tx, image_shape)
+  for name in ("learning_rate", "momentum", "weight_decay"):
+    state.opt_state.hyperparams[name] = jnp.asarray(config.optimizer[name], jnp.float32)
+  return state
+
+
+def sweep_chunk(states, alive, images, labels, orders, first, *, length: int, batch_size: int,
+                step_fn, batch_sharding=None):
+  """train_chunk for K stacked models; a member whose loss turns non-finite
+  keeps its last finite state from then on (alive -> False)."""
+
+  def one(state, alive, order):
+    def body(carry, i):
+      state, alive = carry
+      batch = pipeline.gather_batch(images, labels, order, first + i, batch_size)
+      if batch_sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      new_state, m = step_fn(state, batch)
+      ok = alive & jnp.isfinite(m["loss"]) & jnp.isfinite(m["grad_norm"])
+      state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+      return (state, ok), m
+
+    (state, alive), m = jax.lax.scan(body, (state, alive), jnp.arange(length))
+    return state, alive, m
+
+  return jax.vmap(one, in_axes=(0, 0, 0))(states, alive, orders)
+
+
+def train_group(config, members: List[Tuple[int, Run]], writer: ResultsWriter,
+                sweep_start: float) -> List[Dict]:
+  """Trains one group of value-only variants, vmap_size models per program."""
+  dataset = data.load(config.dataset)
+  if not isinstance(dataset, data.Dataset):
+    raise ConfigError("dataset.pipeline", config.dataset.pipeline,
+                      "memory for sweeps (models share the device-resident data)")
+  info = dataset.info
+  total_steps = train.total_train_steps(config, dataset.num_train)
+  num_devices = parallel.resolve_num_devices(config.num_devices)
+  config_validation.validate_derived(config, dataset.num_train, total_steps, info.num_classes,
+                                     num_devices)
+  k = len(members) if config.sweep_vmap_size == -1 else config.sweep_vmap_size
+  results = []
+  for start in range(0, len(members), k):
+    results += _train_vmapped(config, members[start:start + k], dataset, total_steps,
+                              num_devices, writer, sweep_start)
+  return results
+
+
+def _train_vmapped(config, members, dataset, total_steps, num_devices, writer, sweep_start):
+  info = dataset.info
+  member_configs = [apply_overrides(config, r) for _, r in members]
+  head = models.get_head(config.head)
+  model = models.create_model(config.model, head.num_outputs(info.num_classes), config.dtype)
+  tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps)
+  dp = parallel.DataParallel.create(num_devices)
+  states = dp.replicate(_stack([_member_state(c, model, tx, info.image_shape)
+                                for c in member_configs]))
+  alive = dp.replicate(np.ones(len(members), bool))
+  preprocess = train.make_preprocess(info.mean, info.std, models.common.DTYPES[config.dtype],
+                                     config.dataset.crop_padding, config.dataset.flip)
+  eval_preprocess = train.make_preprocess(info.mean, info.std,
+                                          models.common.DTYPES[config.dtype])
+  step_fn = functools.partial(train.train_step, head=head, preprocess=preprocess,
+                              lr_shape=lr_shape)
+  chunk = jax.jit(functools.partial(
+      sweep_chunk, batch_size=config.batch_size, step_fn=step_fn,
+      batch_sharding=dp.batch_sharding if num_devices > 1 else None),
+                  static_argnames="length", donate_argnums=(0, 1))
+  eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, head=head,
+                                               preprocess=eval_preprocess),
+                             in_axes=(0, None, None)))
+  pipes = [pipeline.InMemoryPipeline(dataset, config.batch_size, c.seed, place=dp.replicate)
+           for c in member_configs[:1]]
+  images, labels = pipes[0].arrays["train"]
+  spe = pipes[0].steps_per_epoch
+  eval_every = spe if config.eval_every_steps == -1 else config.eval_every_steps
+  eval_splits = [s for s in ("validation", "test") if s in dataset.splits]
+  logger.info("sweep group of %d (%s): %d steps each", len(members),
+              ", ".join(f"{k}={v}" for k, v in members[0][1].items() if k not in VMAPPED)
+              or "values only", total_steps)
+
+  step, last = 0, {}
+  while step < total_steps:
+    epoch = step // spe
+    orders = dp.replicate(np.stack([np.asarray(pipeline.epoch_permutation(
+        c.seed, epoch, pipes[0].num_examples["train"])) for c in member_configs]))
+    length = min(spe, total_steps - step)
+    states, alive, _ = chunk(states, alive, images, labels, orders, 0, length=length)
+    prev, step = step, step + length
+    if step == total_steps or train._crossed(eval_every, prev, step):  # pylint: disable=protected-access
+      alive_host = np.asarray(jax.device_get(alive))
+      for split in eval_splits:
+        totals = None
+        for batch, mask in pipes[0].eval_batches(split, config.eval_batch_size):
+          sums = eval_fn(states, batch, mask)
+          totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        totals = jax.device_get(totals)
+        for j, (run_id, overrides) in enumerate(members):
+          status = "done" if step == total_steps else "running"
+          if not alive_host[j]:
+            status = "diverged"
+          row = {"step": step, "split": split,
+                 "loss": float(totals["loss"][j] / totals["count"][j]),
+                 "accuracy": float(totals["correct"][j] / totals["count"][j]),
+                 "status": status if split == eval_splits[-1] else "running",
+                 "wall_seconds": round(time.time() - sweep_start, 3)}
+          writer.write(run_id, overrides, row)
+          last.setdefault(run_id, {})[split] = row
+      logger.info("sweep step %d/%d: test accuracy %s", step, total_steps,
+                  " ".join(f"{last[r]['test']['accuracy']:.3f}" for r, _ in members))
+  return [{"run_id": run_id, **overrides, **{f"{s}_{k}": last[run_id][s][k]
+                                             for s in eval_splits for k in ("loss", "accuracy")},
+           "status": last[run_id][eval_splits[-1]]["status"]} for run_id, overrides in members]
