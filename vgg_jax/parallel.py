@@ -92,6 +92,20 @@ class DataParallel:
     return slice(start, start + per_process)
 
 
+def bounded_dispatch(outputs: Any, num_devices: int) -> Any:
+  """Waits for a multi-device CPU step before the next is queued.
+
+  XLA:CPU runs each fake device on a shared thread pool; with several
+  steps in flight, one device can enter step k's all-reduce while another
+  is busy with step k+1, and the rendezvous times out (a fatal 40 s abort).
+  One step in flight at a time costs nothing measurable on CPU, where
+  dispatch overlap buys little. Accelerators keep full async dispatch.
+  """
+  if num_devices > 1 and jax.default_backend() == "cpu":
+    jax.block_until_ready(outputs)
+  return outputs
+
+
 def _global_array(sharding: NamedSharding, x) -> jax.Array:
   if jax.process_count() == 1:
     return jax.device_put(x, sharding)

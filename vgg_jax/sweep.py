@@ -41,6 +41,9 @@ from vgg_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# Past this many FLOPs per model step, CPU runs the models one by one (vmap_size):
+# just above the largest model benchmarks/sweep_vmap.py measured.
+CPU_VMAP_MAX_FLOPS = 2e9
 VMAPPED = ("seed", "optimizer.learning_rate", "optimizer.momentum", "optimizer.weight_decay")
 RESULTS_FILE = "results.csv"
 Run = Dict[str, object]
@@ -223,41 +226,82 @@ def train_group(config, members: List[Tuple[int, Run]], writer: ResultsWriter,
   num_devices = parallel.resolve_num_devices(config.num_devices)
   config_validation.validate_derived(config, dataset.num_train, total_steps, info.num_classes,
                                      num_devices)
-  k = len(members) if config.sweep_vmap_size == -1 else config.sweep_vmap_size
+  k = vmap_size(config, info, len(members))
+  program = GroupProgram(config, dataset, total_steps, num_devices)
   results = []
   for start in range(0, len(members), k):
-    results += _train_vmapped(config, members[start:start + k], dataset, total_steps,
-                              num_devices, writer, sweep_start)
+    results += program.train(members[start:start + k], writer, sweep_start)
   return results
 
 
-def _train_vmapped(config, members, dataset, total_steps, num_devices, writer, sweep_start):
-  info = dataset.info
-  member_configs = [apply_overrides(config, r) for _, r in members]
+def vmap_size(config, info, num_members: int) -> int:
+  """How many models share one program.
+
+  On accelerators vmap always pays. On CPU, benchmarks/sweep_vmap.py found
+  vmap faster at every size it measured (1.15x to 1.9x, MLPs up to
+  784-1024-1024-10, 1.4 GFLOP per model step, K=8): XLA's batched matmul
+  is at least as efficient as K plain ones there. Beyond the measured range
+  (CPU_VMAP_MAX_FLOPS) nothing backs that up, and K stacked copies of a big
+  model cost K times the memory, so the models then run one after another.
+  """
+  if config.sweep_vmap_size != -1:
+    return config.sweep_vmap_size
+  if jax.default_backend() != "cpu":
+    return num_members
+  flops = 6 * config.batch_size * _num_params(config, info)
+  return num_members if flops <= CPU_VMAP_MAX_FLOPS else 1
+
+
+def _num_params(config, info) -> int:
   head = models.get_head(config.head)
   model = models.create_model(config.model, head.num_outputs(info.num_classes), config.dtype)
-  tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps)
-  dp = parallel.DataParallel.create(num_devices)
-  states = dp.replicate(_stack([_member_state(c, model, tx, info.image_shape)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct((1,) + tuple(info.image_shape), jnp.float32))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+
+
+class GroupProgram:
+  """The compiled pieces of one group, shared by its chunks of K models."""
+
+  def __init__(self, config, dataset, total_steps, num_devices):
+    self.config, self.dataset, self.total_steps = config, dataset, total_steps
+    info = dataset.info
+    head = models.get_head(config.head)
+    self.model = models.create_model(config.model, head.num_outputs(info.num_classes),
+                                     config.dtype)
+    self.tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps)
+    self.dp = parallel.DataParallel.create(num_devices)
+    preprocess = train.make_preprocess(info.mean, info.std, models.common.DTYPES[config.dtype],
+                                       config.dataset.crop_padding, config.dataset.flip)
+    eval_preprocess = train.make_preprocess(info.mean, info.std,
+                                            models.common.DTYPES[config.dtype])
+    step_fn = functools.partial(train.train_step, head=head, preprocess=preprocess,
+                                lr_shape=lr_shape)
+    self.chunk = jax.jit(functools.partial(
+        sweep_chunk, batch_size=config.batch_size, step_fn=step_fn,
+        batch_sharding=self.dp.batch_sharding if num_devices > 1 else None),
+                         static_argnames="length", donate_argnums=(0, 1))
+    self.eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, head=head,
+                                                      preprocess=eval_preprocess),
+                                    in_axes=(0, None, None)))
+    self.pipe = pipeline.InMemoryPipeline(dataset, config.batch_size, config.seed,
+                                          place=self.dp.replicate)
+
+  def train(self, members, writer, sweep_start):
+    return _train_vmapped(self, members, writer, sweep_start)
+
+
+def _train_vmapped(program: GroupProgram, members, writer, sweep_start):
+  config, dataset, total_steps, dp = (program.config, program.dataset, program.total_steps,
+                                      program.dp)
+  member_configs = [apply_overrides(config, r) for _, r in members]
+  states = dp.replicate(_stack([_member_state(c, program.model, program.tx,
+                                              dataset.info.image_shape)
                                 for c in member_configs]))
   alive = dp.replicate(np.ones(len(members), bool))
-  preprocess = train.make_preprocess(info.mean, info.std, models.common.DTYPES[config.dtype],
-                                     config.dataset.crop_padding, config.dataset.flip)
-  eval_preprocess = train.make_preprocess(info.mean, info.std,
-                                          models.common.DTYPES[config.dtype])
-  step_fn = functools.partial(train.train_step, head=head, preprocess=preprocess,
-                              lr_shape=lr_shape)
-  chunk = jax.jit(functools.partial(
-      sweep_chunk, batch_size=config.batch_size, step_fn=step_fn,
-      batch_sharding=dp.batch_sharding if num_devices > 1 else None),
-                  static_argnames="length", donate_argnums=(0, 1))
-  eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, head=head,
-                                               preprocess=eval_preprocess),
-                             in_axes=(0, None, None)))
-  pipes = [pipeline.InMemoryPipeline(dataset, config.batch_size, c.seed, place=dp.replicate)
-           for c in member_configs[:1]]
-  images, labels = pipes[0].arrays["train"]
-  spe = pipes[0].steps_per_epoch
+  chunk, eval_fn, pipe = program.chunk, program.eval_fn, program.pipe
+  images, labels = pipe.arrays["train"]
+  spe = pipe.steps_per_epoch
   eval_every = spe if config.eval_every_steps == -1 else config.eval_every_steps
   eval_splits = [s for s in ("validation", "test") if s in dataset.splits]
   logger.info("sweep group of %d (%s): %d steps each", len(members),
@@ -268,15 +312,16 @@ def _train_vmapped(config, members, dataset, total_steps, num_devices, writer, s
   while step < total_steps:
     epoch = step // spe
     orders = dp.replicate(np.stack([np.asarray(pipeline.epoch_permutation(
-        c.seed, epoch, pipes[0].num_examples["train"])) for c in member_configs]))
+        c.seed, epoch, pipe.num_examples["train"])) for c in member_configs]))
     length = min(spe, total_steps - step)
-    states, alive, _ = chunk(states, alive, images, labels, orders, 0, length=length)
+    states, alive, _ = parallel.bounded_dispatch(
+        chunk(states, alive, images, labels, orders, 0, length=length), dp.num_devices)
     prev, step = step, step + length
     if step == total_steps or train._crossed(eval_every, prev, step):  # pylint: disable=protected-access
       alive_host = np.asarray(jax.device_get(alive))
       for split in eval_splits:
         totals = None
-        for batch, mask in pipes[0].eval_batches(split, config.eval_batch_size):
+        for batch, mask in pipe.eval_batches(split, config.eval_batch_size):
           sums = eval_fn(states, batch, mask)
           totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         totals = jax.device_get(totals)

@@ -44,11 +44,18 @@ class TrainState(train_state.TrainState):
   rng: jax.Array = None  # Step t uses fold_in(rng, t): no key state to carry.
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model):
+  """One compiled init per module (modules are hashable dataclasses); a sweep
+  creating K states then compiles once, not K times."""
+  return jax.jit(functools.partial(model.init, train=False))
+
+
 def create_train_state(rng: jax.Array, model, tx: optax.GradientTransformation,
                        image_shape) -> TrainState:
   params_rng, step_rng = jax.random.split(rng)
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False))(params_rng, dummy)
+  variables = _jitted_init(model)(params_rng, dummy)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}), rng=step_rng)
 
@@ -368,7 +375,8 @@ def _memory_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, s
         compiled[length] = chunk.lower(state, images, labels, order, first,
                                        length=length).compile()
         progress.mark(step)
-      state, stacked = compiled[length](state, images, labels, order, first)
+      state, stacked = parallel.bounded_dispatch(
+          compiled[length](state, images, labels, order, first), dp.num_devices)
       step += length
       yield state, step, stacked
 
@@ -397,7 +405,7 @@ def _streaming_chunks(batches, dp: parallel.DataParallel, state, step_fn, start_
     if compiled is None:
       compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()
       progress.mark(step - 1)
-    state, step_metrics = compiled(state, batch)
+    state, step_metrics = parallel.bounded_dispatch(compiled(state, batch), dp.num_devices)
     yield state, step, jax.tree.map(lambda x: x[None], step_metrics)
 
 
@@ -409,7 +417,7 @@ def _pmap_chunks(batches, state, step_fn, num_devices: int, start_step: int, tot
   state = parallel.replicate_for_pmap(state, num_devices)
   for step in range(start_step + 1, total_steps + 1):
     batch = parallel.split_for_pmap(next(batches), num_devices)
-    state, step_metrics = p_step(state, batch)
+    state, step_metrics = parallel.bounded_dispatch(p_step(state, batch), num_devices)
     if step == start_step + 1:
       jax.block_until_ready(step_metrics)  # Leave the compile out of steps/s.
       progress.mark(step)

@@ -152,9 +152,16 @@ def _mean_std(config, info_name: str, train_images: Optional[np.ndarray], channe
     if train_images is None:
       raise ConfigError("dataset.normalization", config.normalization,
                         "auto, unit or imagenet when streaming (computed needs all pixels)")
-    pixels = train_images.reshape(-1, train_images.shape[-1]).astype(np.float64) / 255.0
-    mean = tuple(float(m) for m in pixels.mean(0))
-    std = tuple(float(max(s, 1e-3)) for s in pixels.std(0))
+    # uint8 has 256 values: a histogram per channel gives exact moments
+    # without a float copy of the whole split.
+    mean, std = [], []
+    levels = np.arange(256) / 255.0
+    for c in range(train_images.shape[-1]):
+      hist = np.bincount(train_images[..., c].ravel(), minlength=256) / train_images[..., c].size
+      m = float(hist @ levels)
+      mean.append(m)
+      std.append(max(float(np.sqrt(hist @ (levels - m) ** 2)), 1e-3))
+    mean, std = tuple(mean), tuple(std)
   if len(mean) == 1 and channels > 1:
     mean, std = mean * channels, std * channels
   return tuple(mean), tuple(std)

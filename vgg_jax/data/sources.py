@@ -49,10 +49,15 @@ def load_synthetic(config: ml_collections.ConfigDict) -> Tuple[Split, Split]:
   shape = tuple(cfg.image_shape)
   prototypes = rng.uniform(0, 255, size=(cfg.num_classes,) + shape)
 
+  prototypes = prototypes.astype(np.float32)
+
   def make(n):
     labels = rng.integers(0, cfg.num_classes, size=n).astype(np.int32)
-    noise = rng.normal(0.0, 64.0, size=(n,) + shape)
-    return np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8), labels
+    images = rng.standard_normal((n,) + shape, dtype=np.float32)
+    images *= 64.0
+    images += prototypes[labels]
+    np.clip(images, 0, 255, out=images)
+    return images.astype(np.uint8), labels
 
   return make(cfg.num_train), make(cfg.num_test)
 

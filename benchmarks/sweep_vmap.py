@@ -1,0 +1,124 @@
+"""K models in one vmap program vs the same K trained one after another.
+
+Fashion-MNIST-shaped synthetic data (28x28x1, 10 classes), batch 128,
+SGD + momentum, one epoch per model, through the project's sweep engine
+(sweep_vmap_size=K vs 1). Then the scaling of the jit data-parallel step
+over 1, 2, 4 and 8 forced host devices (on one CPU this shows overhead, not
+speed-up). Prints everything in one run:
+
+    python benchmarks/sweep_vmap.py [--examples 60000] [--k 8]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _config(hidden, examples):
+  from vgg_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.dataset.name = "synthetic"
+  config.dataset.synthetic.image_shape = (28, 28, 1)
+  config.dataset.synthetic.num_train = examples
+  config.dataset.synthetic.num_test = 1000
+  config.model.hidden_sizes = hidden
+  config.optimizer.name, config.optimizer.learning_rate = "momentum", 0.01
+  config.batch_size, config.num_epochs, config.eval_batch_size = 128, 1, 1000
+  config.num_devices = 1
+  return config
+
+
+def train_seconds(config, dataset, k: int, vmap_size: int, results_path: str) -> float:
+  """Seconds to train k models (one epoch each, with their evals) through the
+  sweep engine, vmap_size per program; compile time is left out by a
+  warm-up call on the same program first."""
+  from vgg_jax import sweep, train  # pylint: disable=g-import-not-at-top
+  total = train.total_train_steps(config, dataset.num_train)
+  program = sweep.GroupProgram(config, dataset, total, num_devices=1)
+  members = [(i, {"seed": i}) for i in range(k)]
+  writer = sweep.ResultsWriter(results_path, ["seed"])
+  program.train(members[:vmap_size], writer, 0.0)  # Compile.
+  start = time.perf_counter()
+  for first in range(0, k, vmap_size):
+    program.train(members[first:first + vmap_size], writer, 0.0)
+  return time.perf_counter() - start
+
+
+def vmap_table(args):
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger("vgg_jax").setLevel(logging.WARNING)
+  from vgg_jax import data, sweep  # pylint: disable=g-import-not-at-top
+  print(f"K={args.k} models, one epoch of {args.examples} examples each (Fashion-MNIST "
+        "shape), batch 128, SGD+momentum; seconds of training and evals, compile excluded")
+  print(f"{'MLP':<22}{'one by one s':>13}{'vmap K s':>10}{'speed-up':>10}{'auto picks':>12}")
+  for hidden in [(32, 32), (128, 128), (256, 256), (512, 512), (1024, 1024)]:
+    config = _config(hidden, args.examples)
+    dataset = data.load(config.dataset)
+    with tempfile.TemporaryDirectory() as d:
+      seq = train_seconds(config, dataset, args.k, 1, os.path.join(d, "seq.csv"))
+      vm = train_seconds(config, dataset, args.k, args.k, os.path.join(d, "vmap.csv"))
+    picked = sweep.vmap_size(config, dataset.info, args.k)
+    name = "784-" + "-".join(map(str, hidden)) + "-10"
+    print(f"{name:<22}{seq:>13.2f}{vm:>10.2f}{seq / vm:>9.2f}x{'vmap ' + str(picked):>12}")
+  print("goals: 784-32-32-10 >= 3x; 784-1024-1024-10 never below 1.0x with the auto choice")
+
+
+def scaling_table(args):
+  print("\njit data-parallel step over forced host devices (MLP 784-256-256-10, batch 128; "
+        "all devices share the same 2 cores)")
+  print(f"{'devices':<10}{'steps/s':>10}")
+  for n in (1, 2, 4, 8):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+    out = subprocess.run([sys.executable, __file__, "--scaling_child", str(n)], env=env,
+                         capture_output=True, text=True, cwd=ROOT)
+    print(f"{n:<10}{out.stdout.strip() or out.stderr.strip()[-200:]:>10}")
+
+
+def scaling_child(n):
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vgg_jax import config_lib, models, optim, parallel, train  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.model.hidden_sizes = (256, 256)
+  config.optimizer.name = "momentum"
+  model = models.create_model(config.model, 10)
+  tx, shape = optim.create_optimizer(config.optimizer, 1000)
+  dp = parallel.DataParallel.create(n)
+  state = dp.replicate(train.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1)))
+  step = jax.jit(functools.partial(train.train_step, head=models.get_head("category"),
+                                   preprocess=train.make_preprocess((0.5,), (0.25,)),
+                                   lr_shape=shape), donate_argnums=0)
+  rng = np.random.default_rng(0)
+  batch = dp.shard_batch({"image": rng.integers(0, 256, (128, 28, 28, 1), np.uint8),
+                          "label": rng.integers(0, 10, 128).astype(np.int32)})
+  for _ in range(20):
+    state, m = parallel.bounded_dispatch(step(state, batch), n)
+  start = time.perf_counter()
+  for _ in range(200):
+    state, m = parallel.bounded_dispatch(step(state, batch), n)
+  jax.block_until_ready(m)
+  print(f"{200 / (time.perf_counter() - start):.0f}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--examples", type=int, default=60000)
+  parser.add_argument("--k", type=int, default=8)
+  parser.add_argument("--scaling_child", type=int, default=0, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.scaling_child:
+    scaling_child(args.scaling_child)
+    return
+  vmap_table(args)
+  scaling_table(args)
+
+
+if __name__ == "__main__":
+  main()
