@@ -101,6 +101,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive_ints(config, "model.hidden_sizes", allow_empty=False)
   else:
     _number(config, "model.width_multiplier", 0, low_open=True)
+    _choice(config, "model.conv_lowering", models.conv.CONV_LOWERINGS)
     _positive_ints(config, "model.classifier_sizes", allow_empty=True)
 
   _validate_dataset(config)

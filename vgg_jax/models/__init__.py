@@ -7,7 +7,7 @@ collection is VGG's optional 'batch_stats'.
 import flax.linen as nn
 import ml_collections
 
-from vgg_jax.models import common
+from vgg_jax.models import common, conv
 from vgg_jax.models.heads import HEADS, Head, get_head
 from vgg_jax.models.mlp import MLP
 from vgg_jax.models.vgg import VGG, VGG_STAGES, min_input_size
@@ -30,7 +30,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_outputs: int,
                dropout_rate=model_config.dropout_rate, batch_norm=model_config.batch_norm,
                width_multiplier=model_config.width_multiplier,
                activation=model_config.activation, kernel_init=model_config.kernel_init,
-               dtype=compute_dtype, bn_axis_name=bn_axis_name)
+               dtype=compute_dtype, bn_axis_name=bn_axis_name,
+               conv_lowering=model_config.conv_lowering)
   raise KeyError(name)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vgg_jax.models import common
+from vgg_jax.models import common, conv
 
 # Channels of each conv, grouped by stage (one stage per max pool).
 VGG_STAGES = {
@@ -51,6 +51,8 @@ class VGG(nn.Module):
   dtype: Any = jnp.float32
   # Under pmap: the device axis, so BatchNorm averages statistics across it.
   bn_axis_name: Optional[str] = None
+  # How convolutions and pools compile: auto, xla, im2col, shifted (conv.py).
+  conv_lowering: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -63,15 +65,15 @@ class VGG(nn.Module):
     init = common.kernel_init(self.kernel_init)
     for s, stage in enumerate(self.stages, start=1):
       for i, channels in enumerate(stage, start=1):
-        x = nn.Conv(scaled_width(channels, self.width_multiplier), (3, 3), padding="SAME",
-                    use_bias=not self.batch_norm, kernel_init=init, dtype=self.dtype,
-                    name=f"conv{s}_{i}")(x)
+        x = conv.Conv3x3(scaled_width(channels, self.width_multiplier),
+                         use_bias=not self.batch_norm, kernel_init=init, dtype=self.dtype,
+                         lowering=self.conv_lowering, name=f"conv{s}_{i}")(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                            axis_name=self.bn_axis_name if train else None,
                            name=f"bn{s}_{i}")(x)
         x = act(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+      x = conv.max_pool2x2(x, self.conv_lowering)
     x = x.reshape((x.shape[0], -1))
     for j, size in enumerate(self.classifier_sizes, start=1):
       x = nn.Dense(size, kernel_init=init, dtype=self.dtype, name=f"fc{j}")(x)
