@@ -128,6 +128,9 @@ def train_chunk(state: TrainState, images, labels, order, first, *, length: int,
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return step_fn(state, batch)
 
+  if length == 1:  # No loop: XLA:CPU runs some ops (convolutions) far slower in one.
+    state, step_metrics = body(state, 0)
+    return state, jax.tree.map(lambda x: x[None], step_metrics)
   return jax.lax.scan(body, state, jnp.arange(length))
 
 
