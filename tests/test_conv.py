@@ -67,3 +67,58 @@ def test_auto_is_the_default_and_picks_by_backend():
   expected = "im2col" if jax.default_backend() == "cpu" else "xla"
   assert conv.resolve("auto") == expected
   assert conv.resolve("shifted") == "shifted"
+
+
+@pytest.mark.parametrize("lowering", ("xla", "im2col", "shifted"))
+@pytest.mark.parametrize("size", [16, 17])
+def test_jit_gradient_equals_eager_through_batch_norm_and_pool(lowering, size):
+  """Regression: a -inf-padded reshape pool after a batch normalization got
+  wrong gradients under jit on XLA:CPU; every lowering must match eager."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, size, size, 1))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 4))
+
+  def net(k):
+    y = conv.conv3x3(x, k, lowering)
+    y = (y - y.mean((0, 1, 2))) / jnp.sqrt(y.var((0, 1, 2)) + 1e-5)
+    return jnp.sum(jnp.sin(conv.max_pool2x2(jax.nn.relu(y), lowering)))
+
+  np.testing.assert_allclose(jax.jit(jax.grad(net))(k), jax.grad(net)(k), rtol=1e-4, atol=1e-4)
+
+
+def test_pool_gradient_goes_to_the_first_maximum_like_reduce_window():
+  """Ties (all-zero windows after ReLU) must not split or lose the gradient."""
+  x = jnp.array([[0.0, 0.0, 1.0, 3.0], [0.0, 0.0, 3.0, 2.0]]).reshape(1, 2, 4, 1)
+  g = jax.jit(jax.grad(lambda x: jnp.sum(conv.max_pool2x2(x, "im2col") * jnp.array([2.0, 5.0])
+                                                  .reshape(1, 1, 2, 1))))(x)
+  w = jax.grad(lambda x: jnp.sum(conv.max_pool2x2(x, "xla") * jnp.array([2.0, 5.0])
+                                 .reshape(1, 1, 2, 1)))(x)
+  np.testing.assert_array_equal(g, w)
+  assert float(g.sum()) == 7.0
+
+
+def test_im2col_training_steps_match_xla_after_updates():
+  """Regression: with jax_disable_most_optimizations (as in these tests) the
+  reshape pool's backward once compared against a recomputed input and lost
+  gradients from the second step on."""
+  import functools  # pylint: disable=g-import-not-at-top,redefined-outer-name,reimported
+  from vgg_jax import optim, train  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (32, 32, 32, 1)).astype(np.uint8),
+           "label": rng.integers(0, 3, 32).astype(np.int32)}
+  norms = {}
+  for lowering in ("xla", "im2col"):
+    cfg = config_lib.base_config()
+    cfg.model.name, cfg.model.width_multiplier, cfg.model.classifier_sizes = "vgg11", 1 / 32, (8,)
+    cfg.model.batch_norm, cfg.model.dropout_rate, cfg.model.conv_lowering = True, 0.0, lowering
+    cfg.optimizer.name, cfg.optimizer.learning_rate = "momentum", 0.05
+    model = models.create_model(cfg.model, 3)
+    tx, shape = optim.create_optimizer(cfg.optimizer, 10)
+    state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (32, 32, 1))
+    step = jax.jit(functools.partial(train.train_step, head=models.get_head("category"),
+                                     preprocess=train.make_preprocess((0.5,), (0.25,)),
+                                     lr_shape=shape))
+    norms[lowering] = []
+    for _ in range(4):
+      state, m = step(state, batch)
+      norms[lowering].append(float(m["grad_norm"]))
+  np.testing.assert_allclose(norms["im2col"], norms["xla"], rtol=1e-4)
