@@ -18,7 +18,7 @@ code is the same for one process and for a pod.
 
 import dataclasses
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -85,12 +85,6 @@ class DataParallel:
     """This process's rows of a global batch -> a global array sharded on 'data'."""
     return jax.tree.map(lambda x: _global_array(self.batch_sharding, x), local_batch)
 
-  def local_rows(self, global_batch_size: int) -> slice:
-    """The rows of a global batch this process feeds."""
-    per_process = global_batch_size // jax.process_count()
-    start = jax.process_index() * per_process
-    return slice(start, start + per_process)
-
 
 def bounded_dispatch(outputs: Any, num_devices: int) -> Any:
   """Waits for a multi-device CPU step before the next is queued.
@@ -130,9 +124,3 @@ def unreplicate(tree: Any) -> Any:
 def split_for_pmap(batch: Any, num_devices: int) -> Any:
   """[B, ...] -> [num_devices, B / num_devices, ...]."""
   return jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
-
-
-def describe(parallelism: str, num_devices: int) -> Optional[str]:
-  if num_devices == 1:
-    return None
-  return f"{parallelism} data parallel over {num_devices} devices"

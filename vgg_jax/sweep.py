@@ -317,7 +317,7 @@ def _train_vmapped(program: GroupProgram, members, writer, sweep_start):
     states, alive, _ = parallel.bounded_dispatch(
         chunk(states, alive, images, labels, orders, 0, length=length), dp.num_devices)
     prev, step = step, step + length
-    if step == total_steps or train._crossed(eval_every, prev, step):  # pylint: disable=protected-access
+    if step == total_steps or train.crossed(eval_every, prev, step):
       alive_host = np.asarray(jax.device_get(alive))
       for split in eval_splits:
         totals = None

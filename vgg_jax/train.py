@@ -173,7 +173,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.replace(tmp, path)
 
 
-def _crossed(every: int, before: int, after: int) -> bool:
+def crossed(every: int, before: int, after: int) -> bool:
   """Whether a multiple of `every` lies in (before, after]."""
   return after // every > before // every
 
@@ -323,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                          "epoch": row_step / steps_per_epoch})
         logger.info("%s", progress.line(row_step, {"loss": means["loss"],
                                                    "acc": means["accuracy"]}))
-    evaluate_now = done or _crossed(eval_every, step, new_step)
+    evaluate_now = done or crossed(eval_every, step, new_step)
     if evaluate_now:
       lr = float(optim.learning_rate(state.opt_state, lr_shape, state.step - 1))
       for split in eval_splits:
@@ -334,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                        "epoch": new_step / steps_per_epoch})
         logger.info("step %d/%d | %s loss %.4f acc %.4f", new_step, total_steps, split,
                     results[split]["loss"], results[split]["accuracy"])
-    save_now = done or _crossed(config.checkpoint_every_steps, step, new_step)
+    save_now = done or crossed(config.checkpoint_every_steps, step, new_step)
     if save_now:
       checkpoint.save(manager, new_step, state, rows.snapshot())
     if evaluate_now or save_now:
