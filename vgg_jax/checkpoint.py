@@ -7,13 +7,30 @@ and renames it when complete, so a process killed mid-save leaves the
 previous step as the latest good checkpoint.
 """
 
+import contextlib
+import logging
 import os
+import shutil
+import sys
+import tempfile
+import time
 from typing import Any, Dict, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from vgg_jax.errors import UserError
+
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
+# Unreadable checkpoints are moved here, never deleted: the data stays for a post-mortem.
+CORRUPT_DIR = "corrupt_checkpoints"
+
+
+class CheckpointError(UserError):
+  """No checkpoint in the workdir can be read; the run will not start over it."""
 
 
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -24,14 +41,89 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Tuple[Any, int, Dict]:
-  """Returns (state, step, train_rows) from the latest checkpoint, or (state, 0, {})."""
-  step = manager.latest_step()
-  if step is None:
+  """Returns (state, step, train_rows) from the newest readable checkpoint.
+
+  (state, 0, {}) when there is none. An unreadable checkpoint (truncated,
+  bytes flipped, a file missing) is moved to workdir/corrupt_checkpoints
+  with a one-line warning, and the next older one is tried. If checkpoints
+  exist but none can be read, CheckpointError: the run never silently
+  starts from scratch over a workdir that had progress.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
     return state, 0, {}
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), train_rows=ocp.args.JsonRestore()))
-  return restored.state, step, restored.train_rows or {}
+  tried = []
+  for step in steps:
+    try:
+      with _stderr_captured_unless_ok():
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), train_rows=ocp.args.JsonRestore()))
+      _check_finite(restored.state, step)
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and TensorStore raise many types for damaged files.
+      reason = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
+      moved = _move_aside(manager, step)
+      logger.warning("checkpoint at step %d is unreadable (%s); moved to %s, trying an older one",
+                     step, reason, moved)
+      tried.append(step)
+      continue
+    if tried:
+      logger.warning("resuming from step %d instead of %s", step, tried)
+    return restored.state, step, restored.train_rows or {}
+  raise CheckpointError(
+      f"no readable checkpoint in {manager.directory} (unreadable steps {tried}, moved to "
+      f"{CORRUPT_DIR}/); refusing to start from scratch over this workdir: move it away or "
+      "use a new --workdir")
+
+
+@contextlib.contextmanager
+def _stderr_captured_unless_ok():
+  """Holds back stderr (the file descriptor: TensorStore's threads write there).
+
+  When a restore fails, orbax closes its event loop while TensorStore reads
+  are still finishing, and their callbacks print walls of 'RuntimeError:
+  Event loop is closed'. The failure is reported in our one-line warning,
+  so that noise is dropped; after a successful restore, anything captured
+  is written out unchanged.
+  """
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception never retrieved".
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as capture:
+    os.dup2(capture.fileno(), 2)
+    ok = False
+    try:
+      yield
+      ok = True
+    finally:
+      time.sleep(0.05 if ok else 0.5)  # Let stray callbacks land in the capture.
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      if ok:
+        capture.seek(0)
+        os.write(2, capture.read())
+
+
+def _check_finite(state, step: int) -> None:
+  """Flipped bytes in float data often decode as NaN/Inf: treat that as damage."""
+  for leaf in jax.tree.leaves(state):
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
+      raise ValueError(f"non-finite values in the restored state of step {step}")
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  if jax.process_count() > 1:  # One mover only; the others just skip the step.
+    if jax.process_index() != 0:
+      return "(moved by process 0)"
+  workdir = os.path.dirname(os.fspath(manager.directory))
+  dest = os.path.join(workdir, CORRUPT_DIR, f"{step}-{int(time.time())}")
+  os.makedirs(os.path.dirname(dest), exist_ok=True)
+  shutil.move(os.path.join(os.fspath(manager.directory), str(step)), dest)
+  manager.reload()  # Forget the step that is gone.
+  return dest
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, train_rows: Dict) -> None:
