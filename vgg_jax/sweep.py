@@ -200,9 +200,8 @@ def sweep_chunk(states, alive, images, labels, orders, first, *, length: int, ba
   def one(state, alive, order):
     def body(carry, i):
       state, alive = carry
-      batch = pipeline.gather_batch(images, labels, order, first + i, batch_size)
-      if batch_sharding is not None:
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      batch = pipeline.gather_batch(images, labels, order, first + i, batch_size,
+                                    batch_sharding)
       new_state, m = step_fn(state, batch)
       ok = alive & jnp.isfinite(m["loss"]) & jnp.isfinite(m["grad_norm"])
       state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)

@@ -123,10 +123,8 @@ def train_chunk(state: TrainState, images, labels, order, first, *, length: int,
   """
 
   def body(state, i):
-    batch = pipeline.gather_batch(images, labels, order, first + i, batch_size)
-    if batch_sharding is not None:
-      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return step_fn(state, batch)
+    return step_fn(state, pipeline.gather_batch(images, labels, order, first + i, batch_size,
+                                                batch_sharding))
 
   if length == 1:  # No loop: XLA:CPU runs some ops (convolutions) far slower in one.
     state, step_metrics = body(state, 0)

@@ -52,10 +52,17 @@ def _permutation(key, n):
   return _permutation_impl(key, jnp.arange(n, dtype=jnp.int32))
 
 
-def gather_batch(images, labels, order, index, batch_size: int):
-  """Batch number `index` of an epoch's order. Traceable: index may be a tracer."""
+def gather_batch(images, labels, order, index, batch_size: int, sharding=None):
+  """Batch number `index` of an epoch's order. Traceable: index may be a tracer.
+
+  With `sharding` (jit data parallel) the gathered batch is split over the
+  mesh's data axis.
+  """
   idx = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
-  return {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
+  batch = {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
+  if sharding is not None:
+    batch = jax.lax.with_sharding_constraint(batch, sharding)
+  return batch
 
 
 class InMemoryPipeline:
