@@ -287,56 +287,48 @@ class GroupProgram:
                                           place=self.dp.replicate)
 
   def train(self, members, writer, sweep_start):
-    return _train_vmapped(self, members, writer, sweep_start)
+    """Trains `members` as one vmapped program; returns one result dict each."""
+    config, dataset, total_steps, dp = self.config, self.dataset, self.total_steps, self.dp
+    member_configs = [apply_overrides(config, r) for _, r in members]
+    states = dp.replicate(_stack([_member_state(c, self.model, self.tx,
+                                                dataset.info.image_shape)
+                                  for c in member_configs]))
+    alive = dp.replicate(np.ones(len(members), bool))
+    chunk, eval_fn, pipe = self.chunk, self.eval_fn, self.pipe
+    images, labels = pipe.arrays["train"]
+    spe = pipe.steps_per_epoch
+    eval_every = spe if config.eval_every_steps == -1 else config.eval_every_steps
+    eval_splits = [s for s in ("validation", "test") if s in dataset.splits]
+    logger.info("sweep group of %d (%s): %d steps each", len(members),
+                ", ".join(f"{k}={v}" for k, v in members[0][1].items() if k not in VMAPPED)
+                or "values only", total_steps)
 
-
-def _train_vmapped(program: GroupProgram, members, writer, sweep_start):
-  config, dataset, total_steps, dp = (program.config, program.dataset, program.total_steps,
-                                      program.dp)
-  member_configs = [apply_overrides(config, r) for _, r in members]
-  states = dp.replicate(_stack([_member_state(c, program.model, program.tx,
-                                              dataset.info.image_shape)
-                                for c in member_configs]))
-  alive = dp.replicate(np.ones(len(members), bool))
-  chunk, eval_fn, pipe = program.chunk, program.eval_fn, program.pipe
-  images, labels = pipe.arrays["train"]
-  spe = pipe.steps_per_epoch
-  eval_every = spe if config.eval_every_steps == -1 else config.eval_every_steps
-  eval_splits = [s for s in ("validation", "test") if s in dataset.splits]
-  logger.info("sweep group of %d (%s): %d steps each", len(members),
-              ", ".join(f"{k}={v}" for k, v in members[0][1].items() if k not in VMAPPED)
-              or "values only", total_steps)
-
-  step, last = 0, {}
-  while step < total_steps:
-    epoch = step // spe
-    orders = dp.replicate(np.stack([np.asarray(pipeline.epoch_permutation(
-        c.seed, epoch, pipe.num_examples["train"])) for c in member_configs]))
-    length = min(spe, total_steps - step)
-    states, alive, _ = parallel.bounded_dispatch(
-        chunk(states, alive, images, labels, orders, 0, length=length), dp.num_devices)
-    prev, step = step, step + length
-    if step == total_steps or train.crossed(eval_every, prev, step):
-      alive_host = np.asarray(jax.device_get(alive))
-      for split in eval_splits:
-        totals = None
-        for batch, mask in pipe.eval_batches(split, config.eval_batch_size):
-          sums = eval_fn(states, batch, mask)
-          totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        totals = jax.device_get(totals)
-        for j, (run_id, overrides) in enumerate(members):
-          status = "done" if step == total_steps else "running"
-          if not alive_host[j]:
-            status = "diverged"
-          row = {"step": step, "split": split,
-                 "loss": float(totals["loss"][j] / totals["count"][j]),
-                 "accuracy": float(totals["correct"][j] / totals["count"][j]),
-                 "status": status if split == eval_splits[-1] else "running",
-                 "wall_seconds": round(time.time() - sweep_start, 3)}
-          writer.write(run_id, overrides, row)
-          last.setdefault(run_id, {})[split] = row
-      logger.info("sweep step %d/%d: test accuracy %s", step, total_steps,
-                  " ".join(f"{last[r]['test']['accuracy']:.3f}" for r, _ in members))
-  return [{"run_id": run_id, **overrides, **{f"{s}_{k}": last[run_id][s][k]
-                                             for s in eval_splits for k in ("loss", "accuracy")},
-           "status": last[run_id][eval_splits[-1]]["status"]} for run_id, overrides in members]
+    step, last = 0, {}
+    while step < total_steps:
+      epoch = step // spe
+      orders = dp.replicate(np.stack([np.asarray(pipeline.epoch_permutation(
+          c.seed, epoch, pipe.num_examples["train"])) for c in member_configs]))
+      length = min(spe, total_steps - step)
+      states, alive, _ = parallel.bounded_dispatch(
+          chunk(states, alive, images, labels, orders, 0, length=length), dp.num_devices)
+      prev, step = step, step + length
+      if step == total_steps or train.crossed(eval_every, prev, step):
+        alive_host = np.asarray(jax.device_get(alive))
+        for split in eval_splits:
+          means = train.eval_means(eval_fn, states,
+                                   pipe.eval_batches(split, config.eval_batch_size))
+          for j, (run_id, overrides) in enumerate(members):
+            status = "done" if step == total_steps else "running"
+            if not alive_host[j]:
+              status = "diverged"
+            row = {"step": step, "split": split,
+                   "loss": float(means["loss"][j]), "accuracy": float(means["accuracy"][j]),
+                   "status": status if split == eval_splits[-1] else "running",
+                   "wall_seconds": round(time.time() - sweep_start, 3)}
+            writer.write(run_id, overrides, row)
+            last.setdefault(run_id, {})[split] = row
+        logger.info("sweep step %d/%d: test accuracy %s", step, total_steps,
+                    " ".join(f"{last[r]['test']['accuracy']:.3f}" for r, _ in members))
+    return [{"run_id": run_id, **overrides, **{f"{s}_{k}": last[run_id][s][k]
+                                               for s in eval_splits for k in ("loss", "accuracy")},
+             "status": last[run_id][eval_splits[-1]]["status"]} for run_id, overrides in members]

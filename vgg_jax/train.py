@@ -142,14 +142,20 @@ def eval_step(state: TrainState, batch, mask, *, head: models.Head, preprocess: 
           "count": jnp.sum(mask)}
 
 
-def evaluate(eval_fn, state, batches: Iterator[Tuple[dict, np.ndarray]]) -> Dict[str, float]:
+def eval_means(eval_fn, state, batches: Iterator[Tuple[dict, np.ndarray]]) -> Dict[str, np.ndarray]:
+  """Mean loss and accuracy over all real examples; arrays, so a vmapped
+  eval_fn gives one value per model."""
   totals = None
   for batch, mask in batches:
     sums = eval_fn(state, batch, mask)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
-  return {"loss": float(totals["loss"] / totals["count"]),
-          "accuracy": float(totals["correct"] / totals["count"])}
+  return {"loss": totals["loss"] / totals["count"],
+          "accuracy": totals["correct"] / totals["count"]}
+
+
+def evaluate(eval_fn, state, batches: Iterator[Tuple[dict, np.ndarray]]) -> Dict[str, float]:
+  return {k: float(v) for k, v in eval_means(eval_fn, state, batches).items()}
 
 
 def total_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:

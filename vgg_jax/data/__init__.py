@@ -16,7 +16,6 @@ Sources and what they need:
 
 import dataclasses
 import logging
-import os
 import re
 from typing import Dict, Optional, Tuple
 

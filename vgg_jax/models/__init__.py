@@ -42,5 +42,5 @@ def required_input_size(model_config: ml_collections.ConfigDict) -> int:
   return 1
 
 
-__all__ = ["MODELS", "HEADS", "Head", "get_head", "create_model", "required_input_size",
+__all__ = ["MODELS", "HEADS", "common", "conv", "Head", "get_head", "create_model", "required_input_size",
            "MLP", "VGG", "VGG_STAGES"]
