@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.activation = "relu"
   c.model.kernel_init = "lecun_normal"
   c.model.dropout_rate = 0.0
+  c.model.input_dropout_rate = 0.0  # MLP only: dropout on the flattened input.
   c.model.width_multiplier = 1.0  # VGG only: scales every conv's channels.
   c.model.batch_norm = False  # VGG only.
   c.model.classifier_sizes = (4096, 4096)  # VGG only: FC-ReLU-Dropout blocks.
@@ -98,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_train_steps = -1  # -1: num_epochs * steps_per_epoch.
   c.log_every_steps = 50
   c.eval_every_steps = -1  # -1: once per epoch; the last step always evaluates.
+  # Also evaluate (no dropout, no augmentation) on the first N training
+  # examples, as split "train_eval": the train side of a train-test gap.
+  c.eval_train_examples = 0
   # Sweep: a JSON list of {config key: value} overrides, one per run; build it
   # with vgg_jax.sweep.product / zip_ / axis in a config file. Empty: one run.
   c.sweep = ""

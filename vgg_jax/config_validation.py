@@ -92,11 +92,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _number(config, "num_train_steps", 1, integer=True, extra=(-1,))
   _number(config, "log_every_steps", 1, integer=True)
   _number(config, "eval_every_steps", 1, integer=True, extra=(-1,))
+  _number(config, "eval_train_examples", 0, integer=True)
   _number(config, "checkpoint_every_steps", 1, integer=True)
   _number(config, "keep_checkpoints", 1, integer=True)
   _number(config, "sweep_vmap_size", 1, integer=True, extra=(-1,))
 
   _number(config, "model.dropout_rate", 0, 1, high_open=True)
+  _number(config, "model.input_dropout_rate", 0, 1, high_open=True)
   if config.model.name == "mlp":
     _positive_ints(config, "model.hidden_sizes", allow_empty=False)
   else:

@@ -9,16 +9,13 @@ missing dataset) prints one line on stderr and exits with code 2, before
 anything is written to the workdir.
 """
 
-import logging as std_logging
 import os
-import re
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from vgg_jax import cli
 from vgg_jax.errors import DivergedError, UserError
 
 FLAGS = flags.FLAGS
@@ -40,47 +37,12 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _fail(message: str, code: int = 2):
-  print(f"vgg_jax: {message}", file=sys.stderr)
-  sys.exit(code)
-
-
-def parse_flags(argv):
-  """absl's parser, but a bad flag or override is one line and exit code 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(f"flag error: {e}")
-  except (AttributeError, KeyError) as e:  # config_flags: an override names no key.
-    overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    hint = re.search(r'Did you mean "([\w.]+)"', str(e))
-    _fail(f"flag error: unknown config key in {' '.join(overrides)}"
-          + (f' (did you mean "{hint.group(1)}"?)' if hint else ""))
-
-
-def _setup_logging():
-  """vgg_jax's progress lines on stderr; other libraries' INFO only with --verbosity."""
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  handler = std_logging.StreamHandler(sys.stderr)
-  handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-  project_logger = std_logging.getLogger("vgg_jax")
-  project_logger.addHandler(handler)
-  project_logger.setLevel(std_logging.INFO)
-  project_logger.propagate = False
-
-
 def main(argv):
   if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  _setup_logging()
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.setup_logging()
   from vgg_jax import config_validation  # pylint: disable=g-import-not-at-top
-  try:
-    config = FLAGS.config
-    config.keys()  # A failed load surfaces here, not at parse time.
-  except OSError as e:  # config_flags defers a failed load to the first access.
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    _fail(f"cannot load --config={FLAGS['config'].serialize().split('=', 1)[-1]}: {lines[-1]}")
+  config = cli.load_config_flag()
   try:
     config_validation.validate(config)
     from vgg_jax import parallel, sweep, train  # pylint: disable=g-import-not-at-top
@@ -95,15 +57,15 @@ def main(argv):
       return
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except DivergedError as e:
-    _fail(str(e), code=1)
+    cli.fail(str(e), code=1)
   except UserError as e:
-    _fail(str(e))
+    cli.fail(str(e))
   print(f"final step {result['step']}: test_accuracy={result['accuracy']:.4f} "
         f"test_loss={result['loss']:.4f} ({result['wall_seconds']:.1f}s) -> {FLAGS.workdir}")
 
 
 def run():
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

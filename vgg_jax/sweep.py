@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 CPU_VMAP_MAX_FLOPS = 2e9
 VMAPPED = ("seed", "optimizer.learning_rate", "optimizer.momentum", "optimizer.weight_decay")
 RESULTS_FILE = "results.csv"
+PROBES_FILE = "probes.csv"
 Run = Dict[str, object]
 
 
@@ -116,8 +117,14 @@ def _group_key(overrides: Run) -> Tuple:
   return tuple(sorted((k, json.dumps(v)) for k, v in overrides.items() if k not in VMAPPED))
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1") -> List[Dict]:
-  """Runs this shard's part of config.sweep; returns one result dict per run."""
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1",
+              probe=None) -> List[Dict]:
+  """Runs this shard's part of config.sweep; returns one result dict per run.
+
+  `probe(state, images, labels, head) -> {name: scalar}`, if given, is
+  measured per model on a fixed batch of training examples at step 0 and at
+  every eval, into probes.csv (e.g. per-layer gradient norms).
+  """
   runs = runs_from_config(config)
   index, count = parse_shard(shard)
   mine = [(i, r) for i, r in enumerate(runs) if i % count == index]
@@ -126,9 +133,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1
     config_validation.validate(c)
   keys = sorted({k for r in runs for k in r})
   os.makedirs(workdir, exist_ok=True)
-  name = RESULTS_FILE if count == 1 else f"results-shard{index}of{count}.csv"
-  writer = ResultsWriter(os.path.join(workdir, name), keys)
+  suffix = ".csv" if count == 1 else f"-shard{index}of{count}.csv"
+  writer = ResultsWriter(os.path.join(workdir, RESULTS_FILE.replace(".csv", suffix)), keys)
   finished = writer.finished_runs()
+  probe_writer = None if probe is None else ResultsWriter(
+      os.path.join(workdir, PROBES_FILE.replace(".csv", suffix)), keys,
+      fields=ResultsWriter.PROBE_FIELDS, finished=finished)
   todo = [(i, r) for i, r in mine if i not in finished]
   logger.info("sweep: %d runs, %d in shard %s, %d already finished", len(runs), len(mine),
               shard, len(mine) - len(todo))
@@ -138,30 +148,42 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1
   results = []
   start = time.time()
   for members in groups.values():
-    results += train_group(configs[members[0][0]], members, writer, start)
+    results += train_group(configs[members[0][0]], members, writer, start, probe, probe_writer)
   return results
 
 
 class ResultsWriter:
-  """results.csv: one tidy row per run per eval (process 0 writes)."""
+  """results.csv: one tidy row per run per eval (process 0 writes).
 
-  FIELDS = ("step", "split", "loss", "accuracy", "status", "wall_seconds")
+  Splits: "train" averages the training minibatches since the previous eval
+  (dropout and augmentation on); "train_eval" (with config.eval_train_examples),
+  "validation" and "test" are evaluations. train_seconds counts the group's
+  training time only (no compile, no eval): with K models vmapped together it
+  is their shared time. On reopening, rows of unfinished runs are dropped:
+  those runs start over.
+  """
 
-  def __init__(self, path: str, keys: List[str]):
-    self.path, self.keys = path, keys
+  FIELDS = ("step", "epoch", "split", "loss", "accuracy", "status", "train_seconds",
+            "wall_seconds")
+  PROBE_FIELDS = ("step", "name", "value")
+
+  def __init__(self, path: str, keys: List[str], fields: Sequence[str] = FIELDS,
+               finished=None):
+    self.path, self.keys, self.fields = path, keys, tuple(fields)
     self.enabled = jax.process_index() == 0
     rows = self._read()
-    done = {r["run_id"] for r in rows if r["status"] in ("done", "diverged")}
-    self._finished = {int(r) for r in done}
-    if self.enabled:  # Unfinished runs start over: drop their partial rows.
+    if finished is None:
+      finished = {int(r["run_id"]) for r in rows if r.get("status") in ("done", "diverged")}
+    self._finished = set(finished)
+    if self.enabled:
       tmp = path + ".tmp"
       with open(tmp, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["run_id", *keys, *self.FIELDS])
+        out.writerow(["run_id", *keys, *self.fields])
         for r in rows:
-          if r["run_id"] in done:
+          if int(r["run_id"]) in self._finished:
             out.writerow([r["run_id"], *[r.get(k, "") for k in keys],
-                          *[r[k] for k in self.FIELDS]])
+                          *[r.get(k, "") for k in self.fields]])
       os.replace(tmp, path)
 
   def _read(self) -> List[Dict]:
@@ -174,11 +196,16 @@ class ResultsWriter:
     return set(self._finished)
 
   def write(self, run_id: int, overrides: Run, row: Dict) -> None:
+    self.write_many([(run_id, overrides, row)])
+
+  def write_many(self, rows) -> None:
     if not self.enabled:
       return
     with open(self.path, "a", newline="") as f:
-      csv.writer(f).writerow([run_id, *[overrides.get(k, "") for k in self.keys],
-                              *[row[k] for k in self.FIELDS]])
+      out = csv.writer(f)
+      for run_id, overrides, row in rows:
+        out.writerow([run_id, *[overrides.get(k, "") for k in self.keys],
+                      *[row[k] for k in self.fields]])
 
 
 def _stack(trees):
@@ -214,7 +241,7 @@ def sweep_chunk(states, alive, images, labels, orders, first, *, length: int, ba
 
 
 def train_group(config, members: List[Tuple[int, Run]], writer: ResultsWriter,
-                sweep_start: float) -> List[Dict]:
+                sweep_start: float, probe=None, probe_writer=None) -> List[Dict]:
   """Trains one group of value-only variants, vmap_size models per program."""
   dataset = data.load(config.dataset)
   if not isinstance(dataset, data.Dataset):
@@ -226,10 +253,10 @@ def train_group(config, members: List[Tuple[int, Run]], writer: ResultsWriter,
   config_validation.validate_derived(config, dataset.num_train, total_steps, info.num_classes,
                                      num_devices)
   k = vmap_size(config, info, len(members))
-  program = GroupProgram(config, dataset, total_steps, num_devices)
+  program = GroupProgram(config, dataset, total_steps, num_devices, probe)
   results = []
   for start in range(0, len(members), k):
-    results += program.train(members[start:start + k], writer, sweep_start)
+    results += program.train(members[start:start + k], writer, sweep_start, probe_writer)
   return results
 
 
@@ -262,7 +289,9 @@ def _num_params(config, info) -> int:
 class GroupProgram:
   """The compiled pieces of one group, shared by its chunks of K models."""
 
-  def __init__(self, config, dataset, total_steps, num_devices):
+  PROBE_EXAMPLES = 512
+
+  def __init__(self, config, dataset, total_steps, num_devices, probe=None):
     self.config, self.dataset, self.total_steps = config, dataset, total_steps
     info = dataset.info
     head = models.get_head(config.head)
@@ -280,55 +309,104 @@ class GroupProgram:
         sweep_chunk, batch_size=config.batch_size, step_fn=step_fn,
         batch_sharding=self.dp.batch_sharding if num_devices > 1 else None),
                          static_argnames="length", donate_argnums=(0, 1))
+    self._compiled = {}
     self.eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, head=head,
                                                       preprocess=eval_preprocess),
                                     in_axes=(0, None, None)))
     self.pipe = pipeline.InMemoryPipeline(dataset, config.batch_size, config.seed,
-                                          place=self.dp.replicate)
+                                          place=self.dp.replicate,
+                                          eval_train_examples=config.eval_train_examples)
+    self.probe = None
+    if probe is not None:
+      x, y = dataset.splits["train"]
+      n = min(self.PROBE_EXAMPLES, len(y))
+      images = eval_preprocess(jnp.asarray(x[:n]))
+      probe_one = functools.partial(probe, head=head)
+      vmapped = jax.jit(jax.vmap(probe_one, in_axes=(0, None, None)))
+      self.probe = lambda states: jax.device_get(vmapped(states, images, jnp.asarray(y[:n])))
 
-  def train(self, members, writer, sweep_start):
-    """Trains `members` as one vmapped program; returns one result dict each."""
+  def _run_chunk(self, states, alive, orders, first, length):
+    images, labels = self.pipe.arrays["train"]
+    key = (length, alive.shape[0])
+    if key not in self._compiled:  # Compile ahead, out of the train_seconds clock.
+      self._compiled[key] = self.chunk.lower(states, alive, images, labels, orders, first,
+                                             length=length).compile()
+    return parallel.bounded_dispatch(
+        self._compiled[key](states, alive, images, labels, orders, first), self.dp.num_devices)
+
+  def train(self, members, writer, sweep_start, probe_writer=None):
+    """Trains `members` as one vmapped program; returns one result dict each.
+
+    Chunks are scans that end at epoch ends and at eval points, so evals land
+    exactly every eval_every_steps.
+    """
     config, dataset, total_steps, dp = self.config, self.dataset, self.total_steps, self.dp
     member_configs = [apply_overrides(config, r) for _, r in members]
     states = dp.replicate(_stack([_member_state(c, self.model, self.tx,
                                                 dataset.info.image_shape)
                                   for c in member_configs]))
     alive = dp.replicate(np.ones(len(members), bool))
-    chunk, eval_fn, pipe = self.chunk, self.eval_fn, self.pipe
-    images, labels = pipe.arrays["train"]
+    pipe = self.pipe
     spe = pipe.steps_per_epoch
     eval_every = spe if config.eval_every_steps == -1 else config.eval_every_steps
-    eval_splits = [s for s in ("validation", "test") if s in dataset.splits]
+    eval_splits = [s for s in ("train_eval",) + train.EVAL_SPLITS if s in pipe.arrays]
     logger.info("sweep group of %d (%s): %d steps each", len(members),
                 ", ".join(f"{k}={v}" for k, v in members[0][1].items() if k not in VMAPPED)
                 or "values only", total_steps)
+    self._write_probes(states, 0, members, probe_writer)
 
-    step, last = 0, {}
+    step, last, train_seconds = 0, {}, 0.0
+    orders_epoch, orders, sums, count = None, None, None, 0
     while step < total_steps:
-      epoch = step // spe
-      orders = dp.replicate(np.stack([np.asarray(pipeline.epoch_permutation(
-          c.seed, epoch, pipe.num_examples["train"])) for c in member_configs]))
-      length = min(spe, total_steps - step)
-      states, alive, _ = parallel.bounded_dispatch(
-          chunk(states, alive, images, labels, orders, 0, length=length), dp.num_devices)
+      epoch, first = divmod(step, spe)
+      if epoch != orders_epoch:
+        orders_epoch = epoch
+        orders = dp.replicate(np.stack([np.asarray(pipeline.epoch_permutation(
+            c.seed, epoch, pipe.num_examples["train"])) for c in member_configs]))
+      next_eval = (step // eval_every + 1) * eval_every
+      length = min(spe - first, next_eval - step, total_steps - step)
+      tick = time.perf_counter()
+      states, alive, m = self._run_chunk(states, alive, orders, first, length)
+      chunk_sums = {k: jnp.sum(m[k], axis=1) for k in ("loss", "accuracy")}
+      jax.block_until_ready(chunk_sums)
+      train_seconds += time.perf_counter() - tick
+      sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums, chunk_sums)
+      count += length
       prev, step = step, step + length
-      if step == total_steps or train.crossed(eval_every, prev, step):
-        alive_host = np.asarray(jax.device_get(alive))
-        for split in eval_splits:
-          means = train.eval_means(eval_fn, states,
-                                   pipe.eval_batches(split, config.eval_batch_size))
-          for j, (run_id, overrides) in enumerate(members):
-            status = "done" if step == total_steps else "running"
-            if not alive_host[j]:
-              status = "diverged"
-            row = {"step": step, "split": split,
-                   "loss": float(means["loss"][j]), "accuracy": float(means["accuracy"][j]),
-                   "status": status if split == eval_splits[-1] else "running",
-                   "wall_seconds": round(time.time() - sweep_start, 3)}
-            writer.write(run_id, overrides, row)
-            last.setdefault(run_id, {})[split] = row
-        logger.info("sweep step %d/%d: test accuracy %s", step, total_steps,
-                    " ".join(f"{last[r]['test']['accuracy']:.3f}" for r, _ in members))
+      if step != total_steps and not train.crossed(eval_every, prev, step):
+        continue
+      alive_host = np.asarray(jax.device_get(alive))
+      means = {"train": {k: np.asarray(v) / count for k, v in jax.device_get(sums).items()}}
+      sums, count = None, 0
+      for split in eval_splits:
+        means[split] = train.eval_means(self.eval_fn, states,
+                                        pipe.eval_batches(split, config.eval_batch_size))
+      rows = []
+      for j, (run_id, overrides) in enumerate(members):
+        status = "done" if step == total_steps else "running"
+        if not alive_host[j]:
+          status = "diverged"
+        for split in ("train", *eval_splits):
+          row = {"step": step, "epoch": round(step / spe, 4), "split": split,
+                 "loss": float(means[split]["loss"][j]),
+                 "accuracy": float(means[split]["accuracy"][j]),
+                 "status": status if split == eval_splits[-1] else "running",
+                 "train_seconds": round(train_seconds, 4),
+                 "wall_seconds": round(time.time() - sweep_start, 3)}
+          rows.append((run_id, overrides, row))
+          last.setdefault(run_id, {})[split] = row
+      self._write_probes(states, step, members, probe_writer)  # Before "done" lands.
+      writer.write_many(rows)
+      logger.info("sweep step %d/%d: test accuracy %s", step, total_steps,
+                  " ".join(f"{last[r]['test']['accuracy']:.3f}" for r, _ in members))
     return [{"run_id": run_id, **overrides, **{f"{s}_{k}": last[run_id][s][k]
                                                for s in eval_splits for k in ("loss", "accuracy")},
              "status": last[run_id][eval_splits[-1]]["status"]} for run_id, overrides in members]
+
+  def _write_probes(self, states, step, members, probe_writer):
+    if self.probe is None or probe_writer is None:
+      return
+    values = self.probe(states)
+    probe_writer.write_many([
+        (run_id, overrides, {"step": step, "name": name, "value": float(v[j])})
+        for j, (run_id, overrides) in enumerate(members) for name, v in sorted(values.items())])

@@ -30,12 +30,13 @@ import optax
 
 from vgg_jax import checkpoint, config_validation, data, metrics, models, optim, parallel
 from vgg_jax.data import pipeline
-from vgg_jax.errors import DivergedError
+from vgg_jax.errors import ConfigError, DivergedError
 from vgg_jax.models import common
 
 logger = logging.getLogger(__name__)
 
 PMAP_AXIS = "devices"
+EVAL_SPLITS = ("validation", "test")
 
 
 class TrainState(train_state.TrainState):
@@ -245,6 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   steps_per_epoch = num_train // config.batch_size
   streaming = not isinstance(dataset, data.Dataset)
   use_pmap = config.parallelism == "pmap" and num_devices > 1
+  if streaming and config.eval_train_examples:
+    raise ConfigError("eval_train_examples", config.eval_train_examples,
+                      "0 with the streaming pipeline (train_eval needs the in-memory one)")
 
   head = models.get_head(config.head)
   model = models.create_model(config.model, head.num_outputs(info.num_classes), config.dtype,
@@ -276,8 +280,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   step_fn = functools.partial(train_step, head=head, preprocess=preprocess, lr_shape=lr_shape)
   p_eval_step = jax.jit(functools.partial(eval_step, head=head, preprocess=eval_preprocess))
   eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps
-  eval_splits = [s for s in ("validation", "test") if s in (
+  eval_splits = [s for s in EVAL_SPLITS if s in (
       dataset.num_examples if streaming else dataset.splits)]
+  if config.eval_train_examples:
+    eval_splits.insert(0, "train_eval")
 
   progress = metrics.Progress(total_steps)
   dp = parallel.DataParallel.create(1 if use_pmap else num_devices)
@@ -290,7 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   else:
     # Under pmap the data stays uncommitted on one device; pmap splits each batch.
     eval_source = pipeline.InMemoryPipeline(dataset, config.batch_size, config.seed,
-                                            place=jax.device_put if use_pmap else dp.replicate)
+                                            place=jax.device_put if use_pmap else dp.replicate,
+                                            eval_train_examples=config.eval_train_examples)
   if use_pmap:
     if not streaming:
       batches = _memory_batches(eval_source, start_step)

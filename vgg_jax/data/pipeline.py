@@ -69,14 +69,22 @@ class InMemoryPipeline:
   """A dataset's splits on the device, with per-epoch orders and eval batches."""
 
   def __init__(self, dataset: "data_lib.Dataset", batch_size: int, seed: int,
-               place=jax.device_put):
-    """`place` puts a host array on the device(s): replicated for data parallel."""
+               place=jax.device_put, eval_train_examples: int = 0):
+    """`place` puts a host array on the device(s): replicated for data parallel.
+
+    eval_train_examples > 0 adds the eval split "train_eval": the first that
+    many training examples, evaluated like validation and test.
+    """
     self.info = dataset.info
     self.batch_size = batch_size
     self.seed = seed
     self.place = place
-    self.arrays = {s: (place(x), place(y)) for s, (x, y) in dataset.splits.items()}
-    self.num_examples = {s: len(y) for s, (_, y) in dataset.splits.items()}
+    splits = dict(dataset.splits)
+    if eval_train_examples:
+      x, y = splits["train"]
+      splits["train_eval"] = (x[:eval_train_examples], y[:eval_train_examples])
+    self.arrays = {s: (place(x), place(y)) for s, (x, y) in splits.items()}
+    self.num_examples = {s: len(y) for s, (_, y) in splits.items()}
     self.steps_per_epoch = self.num_examples["train"] // batch_size
 
   def order(self, epoch: int) -> jax.Array:

@@ -23,7 +23,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_outputs: int,
   if name == "mlp":
     return MLP(hidden_sizes=tuple(model_config.hidden_sizes), num_outputs=num_outputs,
                activation=model_config.activation, kernel_init=model_config.kernel_init,
-               dropout_rate=model_config.dropout_rate, dtype=compute_dtype)
+               dropout_rate=model_config.dropout_rate,
+               input_dropout_rate=model_config.input_dropout_rate, dtype=compute_dtype)
   if name in VGG_STAGES:
     return VGG(stages=VGG_STAGES[name], num_outputs=num_outputs,
                classifier_sizes=tuple(model_config.classifier_sizes),

@@ -13,13 +13,14 @@ from vgg_jax.models import common
 
 
 class MLP(nn.Module):
-  """Flatten -> [Dense -> activation -> Dropout] x len(hidden_sizes) -> Dense."""
+  """Flatten -> Dropout -> [Dense -> activation -> Dropout] x len(hidden_sizes) -> Dense."""
 
   hidden_sizes: Sequence[int]
   num_outputs: int
   activation: str = "relu"
   kernel_init: str = "lecun_normal"
   dropout_rate: float = 0.0
+  input_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -27,6 +28,7 @@ class MLP(nn.Module):
     act = common.activation(self.activation)
     init = common.kernel_init(self.kernel_init)
     x = x.reshape((x.shape[0], -1))
+    x = nn.Dropout(self.input_dropout_rate, deterministic=not train)(x)
     for i, width in enumerate(self.hidden_sizes):
       x = nn.Dense(width, kernel_init=init, dtype=self.dtype, name=f"hidden_{i}")(x)
       x = act(x)

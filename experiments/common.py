@@ -1,0 +1,160 @@
+"""The command line and run bookkeeping every ablation experiment shares.
+
+    python -m experiments.<name> --workdir=DIR [--mode=smoke|quick|full] [--config.key=value]
+
+Each experiment module gives `get_config(mode)` (its grids plus a `train`
+config for vgg_jax) and `analyze(exp)` (plots, tables, report). Training
+goes through the sweep engine, one phase per sweep, into DIR/runs/<phase>/;
+a rerun skips every run that already finished there, so an interrupted
+experiment continues and a finished one only rewrites its report. The
+phases' rows are merged into DIR/results.csv with a `phase` column.
+"""
+
+import json
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+from absl import app
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
+from vgg_jax import cli
+from vgg_jax import report
+from vgg_jax.errors import UserError
+
+MODES = ("smoke", "quick", "full")
+FLAGS = flags.FLAGS
+
+
+def define_flags(get_config: Callable[[str], ml_collections.ConfigDict]) -> None:
+  flags.DEFINE_string("workdir", None, "Directory for runs, results.csv, plots and report.md.")
+  flags.DEFINE_enum("mode", "quick", MODES, "smoke: seconds (tests); quick: about 10 "
+                    "minutes on 2 CPU cores; full: GPU/TPU sized.")
+  # The dict shown here is the quick mode's; --config.key=value overrides apply to
+  # whichever mode runs.
+  config_flags.DEFINE_config_dict("config", get_config("quick"),
+                                  "Experiment settings; override with --config.key=value.")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def _set(config: ml_collections.ConfigDict, path: str, value) -> None:
+  parts = path.split(".")
+  for part in parts[:-1]:
+    config = config[part]
+  config[parts[-1]] = value
+
+
+def config_for_mode(get_config, mode: str) -> ml_collections.ConfigDict:
+  """get_config(mode) with the command line's --config.* overrides applied."""
+  config = get_config(mode)
+  for path, value in config_flags.get_override_values(FLAGS["config"]).items():
+    _set(config, path, value)
+  return config
+
+
+class Experiment:
+  """One experiment's workdir: its phases' sweeps and the merged results."""
+
+  def __init__(self, name: str, workdir: str, mode: str, config: ml_collections.ConfigDict):
+    self.name, self.workdir, self.mode, self.config = name, workdir, mode, config
+    self.phases: List[str] = []
+    self.trained_runs = 0
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def sweep(self, phase: str, train_config: ml_collections.ConfigDict, runs: List[Dict],
+            probe=None) -> List[report.Row]:
+    """Trains the runs not finished yet in runs/<phase>; returns all its rows."""
+    from vgg_jax import sweep  # pylint: disable=g-import-not-at-top
+    config = ml_collections.ConfigDict(train_config.to_dict())
+    config.sweep = sweep.to_config(runs)
+    phase_dir = self.path("runs", phase)
+    self.trained_runs += len(sweep.run_sweep(config, phase_dir, probe=probe))
+    self.phases.append(phase)
+    return self.rows(phase)
+
+  def rows(self, phase: str, file: str = "results.csv") -> List[report.Row]:
+    return report.read_rows(self.path("runs", phase, file))
+
+  def write_results(self) -> List[report.Row]:
+    """DIR/results.csv: every phase's rows, a `phase` column first."""
+    rows, fields = [], ["phase", "run_id"]
+    for phase in self.phases:
+      phase_rows = self.rows(phase)
+      for r in phase_rows:
+        rows.append({"phase": phase, **r})
+        fields += [k for k in r if k not in fields]
+    report.write_rows(self.path("results.csv"), rows, fields)
+    return rows
+
+  def wall_seconds(self) -> float:
+    """Training wall time as recorded in the runs (each phase's last row)."""
+    total = 0.0
+    for phase in self.phases:
+      times = [r["wall_seconds"] for r in self.rows(phase) if r.get("wall_seconds") != ""]
+      total += max(times, default=0.0)
+    return total
+
+  def what_was_run(self, rep: report.Report, dataset_note: str) -> None:
+    """The report's provenance section: command, config, versions, hardware, time."""
+    rep.heading("What was run")
+    rep.text(f"`python -m experiments.{self.name} --workdir=... --mode={self.mode}` "
+             f"({dataset_note}). Training wall time recorded in the runs: "
+             f"{self.wall_seconds():.0f} s over {len(self.phases)} sweep phase(s). "
+             "Hyperparameters are chosen on the validation split carved from train; "
+             "test numbers are only reported.")
+    env = report.environment()
+    rep.table(["", ""], [[k, v] for k, v in env.items()])
+    rep.text("<details><summary>Experiment config</summary>\n\n```json\n"
+             + json.dumps(self.config.to_dict(), indent=1, sort_keys=True, default=str)
+             + "\n```\n</details>")
+
+
+def dataset_note(train_config: ml_collections.ConfigDict) -> str:
+  ds = train_config.dataset
+  subset = (f", {ds.num_train_examples} training examples" if ds.num_train_examples > 0
+            else ", all training examples")
+  return (f"dataset {ds.name}{subset}, {ds.validation_fraction:.0%} of train held out as "
+          "validation")
+
+
+def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optional[str]]):
+  """The absl entry point of experiment `name`."""
+
+  def main(argv):
+    if len(argv) > 1:
+      cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", prog=name)
+    cli.setup_logging("vgg_jax", "experiments")
+    config = config_for_mode(get_config, FLAGS.mode)
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    exp = Experiment(name, FLAGS.workdir, FLAGS.mode, config)
+    start = time.time()
+    try:
+      train_and_analyze(exp)
+    except UserError as e:
+      cli.fail(str(e), prog=name)
+    print(f"{name}: {exp.trained_runs} runs trained this time, {time.time() - start:.0f} s; "
+          f"report: {exp.path('report.md')}")
+
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+
+def train_config(mode: str) -> ml_collections.ConfigDict:
+  """The experiments' starting vgg_jax config: Fashion-MNIST (digits in smoke
+  mode, which needs nothing installed), 10% of train as validation."""
+  from vgg_jax.config_lib import base_config  # pylint: disable=g-import-not-at-top
+  config = base_config()
+  config.dataset.name = "digits" if mode == "smoke" else "fashion_mnist"
+  config.dataset.validation_fraction = 0.1
+  config.optimizer.name = "sgd"
+  config.batch_size = 128 if mode != "smoke" else 64
+  config.eval_batch_size = 2000
+  return config
+
+
+def seeds(mode: str) -> tuple:
+  return {"smoke": (0,), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}[mode]
