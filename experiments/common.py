@@ -129,10 +129,14 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
       cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", prog=name)
     cli.setup_logging("vgg_jax", "experiments")
     config = config_for_mode(get_config, FLAGS.mode)
-    os.makedirs(FLAGS.workdir, exist_ok=True)
     exp = Experiment(name, FLAGS.workdir, FLAGS.mode, config)
     start = time.time()
     try:
+      from vgg_jax import config_validation  # pylint: disable=g-import-not-at-top
+      for value in config.values():  # The vgg_jax configs inside, before anything runs.
+        if isinstance(value, ml_collections.ConfigDict) and "optimizer" in value:
+          config_validation.validate(value)
+      os.makedirs(FLAGS.workdir, exist_ok=True)
       train_and_analyze(exp)
     except UserError as e:
       cli.fail(str(e), prog=name)
@@ -154,6 +158,20 @@ def train_config(mode: str) -> ml_collections.ConfigDict:
   config.batch_size = 128 if mode != "smoke" else 64
   config.eval_batch_size = 2000
   return config
+
+
+def num_train(train_config: ml_collections.ConfigDict) -> int:
+  """Training examples after the validation carve and any subset."""
+  from vgg_jax import data  # pylint: disable=g-import-not-at-top
+  return data.load(train_config.dataset).num_train
+
+
+def eval_every(train_config: ml_collections.ConfigDict, evals: int) -> int:
+  """An eval interval giving about `evals` evals over the run."""
+  steps = train_config.num_epochs * (num_train(train_config) // train_config.batch_size)
+  if train_config.num_train_steps > 0:
+    steps = train_config.num_train_steps
+  return max(1, steps // evals)
 
 
 def seeds(mode: str) -> tuple:

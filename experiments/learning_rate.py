@@ -38,20 +38,11 @@ def get_config(mode: str):
 def train(exp: common.Experiment):
   config = exp.config
   train_config = config.train
-  steps = _total_steps(train_config)
-  train_config.eval_every_steps = max(1, steps // config.evals_per_run)
+  train_config.eval_every_steps = common.eval_every(train_config, config.evals_per_run)
   runs = [{"optimizer.learning_rate": lr, "seed": s}
           for lr in config.learning_rates for s in config.seeds]
   exp.sweep("sgd", train_config, runs)
   analyze(exp)
-
-
-def _total_steps(train_config) -> int:
-  from vgg_jax import data  # pylint: disable=g-import-not-at-top
-  if train_config.num_train_steps > 0:
-    return train_config.num_train_steps
-  num_train = data.load(train_config.dataset).num_train
-  return train_config.num_epochs * (num_train // train_config.batch_size)
 
 
 def analyze(exp: common.Experiment):

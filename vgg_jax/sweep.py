@@ -240,6 +240,14 @@ def sweep_chunk(states, alive, images, labels, orders, first, *, length: int, ba
   return jax.vmap(one, in_axes=(0, 0, 0))(states, alive, orders)
 
 
+def _chunk_with_sums(*args, **kwargs):
+  """sweep_chunk, returning per-model sums of the step metrics instead of
+  every step's: inside the compiled program, so no host-side op compiles
+  per chunk length on the train_seconds clock."""
+  states, alive, m = sweep_chunk(*args, **kwargs)
+  return states, alive, {k: jnp.sum(m[k], axis=1) for k in ("loss", "accuracy")}
+
+
 def train_group(config, members: List[Tuple[int, Run]], writer: ResultsWriter,
                 sweep_start: float, probe=None, probe_writer=None) -> List[Dict]:
   """Trains one group of value-only variants, vmap_size models per program."""
@@ -306,7 +314,7 @@ class GroupProgram:
     step_fn = functools.partial(train.train_step, head=head, preprocess=preprocess,
                                 lr_shape=lr_shape)
     self.chunk = jax.jit(functools.partial(
-        sweep_chunk, batch_size=config.batch_size, step_fn=step_fn,
+        _chunk_with_sums, batch_size=config.batch_size, step_fn=step_fn,
         batch_sharding=self.dp.batch_sharding if num_devices > 1 else None),
                          static_argnames="length", donate_argnums=(0, 1))
     self._compiled = {}
@@ -325,14 +333,14 @@ class GroupProgram:
       vmapped = jax.jit(jax.vmap(probe_one, in_axes=(0, None, None)))
       self.probe = lambda states: jax.device_get(vmapped(states, images, jnp.asarray(y[:n])))
 
-  def _run_chunk(self, states, alive, orders, first, length):
-    images, labels = self.pipe.arrays["train"]
+  def _compiled_chunk(self, states, alive, orders, first, length):
+    """The chunk program for this length and member count, compiled once."""
     key = (length, alive.shape[0])
-    if key not in self._compiled:  # Compile ahead, out of the train_seconds clock.
+    if key not in self._compiled:
+      images, labels = self.pipe.arrays["train"]
       self._compiled[key] = self.chunk.lower(states, alive, images, labels, orders, first,
                                              length=length).compile()
-    return parallel.bounded_dispatch(
-        self._compiled[key](states, alive, images, labels, orders, first), self.dp.num_devices)
+    return self._compiled[key]
 
   def train(self, members, writer, sweep_start, probe_writer=None):
     """Trains `members` as one vmapped program; returns one result dict each.
@@ -347,6 +355,7 @@ class GroupProgram:
                                   for c in member_configs]))
     alive = dp.replicate(np.ones(len(members), bool))
     pipe = self.pipe
+    images, labels = pipe.arrays["train"]
     spe = pipe.steps_per_epoch
     eval_every = spe if config.eval_every_steps == -1 else config.eval_every_steps
     eval_splits = [s for s in ("train_eval",) + train.EVAL_SPLITS if s in pipe.arrays]
@@ -365,18 +374,19 @@ class GroupProgram:
             c.seed, epoch, pipe.num_examples["train"])) for c in member_configs]))
       next_eval = (step // eval_every + 1) * eval_every
       length = min(spe - first, next_eval - step, total_steps - step)
-      tick = time.perf_counter()
-      states, alive, m = self._run_chunk(states, alive, orders, first, length)
-      chunk_sums = {k: jnp.sum(m[k], axis=1) for k in ("loss", "accuracy")}
-      jax.block_until_ready(chunk_sums)
+      run_chunk = self._compiled_chunk(states, alive, orders, first, length)
+      tick = time.perf_counter()  # Compile is off the clock; the chunk is on it.
+      states, alive, chunk_sums = parallel.bounded_dispatch(
+          run_chunk(states, alive, images, labels, orders, first), dp.num_devices)
+      chunk_sums = jax.device_get(chunk_sums)  # Waits for the chunk.
       train_seconds += time.perf_counter() - tick
-      sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums, chunk_sums)
+      sums = chunk_sums if sums is None else {k: sums[k] + v for k, v in chunk_sums.items()}
       count += length
       prev, step = step, step + length
       if step != total_steps and not train.crossed(eval_every, prev, step):
         continue
       alive_host = np.asarray(jax.device_get(alive))
-      means = {"train": {k: np.asarray(v) / count for k, v in jax.device_get(sums).items()}}
+      means = {"train": {k: np.asarray(v) / count for k, v in sums.items()}}
       sums, count = None, 0
       for split in eval_splits:
         means[split] = train.eval_means(self.eval_fn, states,

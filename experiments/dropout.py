@@ -1,0 +1,160 @@
+"""Overfitting and its fix: a wide MLP on a small training subset, dropout off and on.
+
+    python -m experiments.dropout --workdir=/tmp/vgg_jax/exp/dropout --mode=quick
+
+Each dropout rate is its own program (the rate is part of the model); the
+seeds of one rate train together under vmap. Besides validation and test,
+every eval scores the training subset itself with dropout off (split
+train_eval), which is the train side of the train-test gap.
+"""
+
+import ml_collections
+import numpy as np
+
+from experiments import common
+from vgg_jax import report
+
+NAME = "dropout"
+
+
+def get_config(mode: str):
+  config = ml_collections.ConfigDict()
+  train = common.train_config(mode)
+  train.model.hidden_sizes = (64, 64) if mode == "smoke" else (1024, 1024)
+  train.model.activation = "relu"
+  train.optimizer.name = "adam"
+  train.optimizer.learning_rate = 1e-3
+  train.batch_size = 100 if mode != "smoke" else 50
+  train.dataset.num_train_examples = {"smoke": 500, "quick": 2000, "full": 5000}[mode]
+  train.eval_train_examples = train.dataset.num_train_examples
+  train.num_epochs = {"smoke": 6, "quick": 100, "full": 300}[mode]
+  config.train = train
+  # (hidden dropout, input dropout) pairs; Srivastava et al. used 0.5 and 0.2.
+  config.rates = {"smoke": ((0.0, 0.0), (0.5, 0.0)),
+                  "quick": ((0.0, 0.0), (0.2, 0.0), (0.5, 0.0), (0.5, 0.2)),
+                  "full": ((0.0, 0.0), (0.2, 0.0), (0.5, 0.0), (0.5, 0.2))}[mode]
+  config.seeds = common.seeds(mode)
+  config.evals_per_run = {"smoke": 3, "quick": 25, "full": 50}[mode]
+  return config
+
+
+def train(exp: common.Experiment):
+  config = exp.config
+  train_config = config.train
+  train_config.eval_every_steps = common.eval_every(train_config, config.evals_per_run)
+  runs = [{"model.dropout_rate": hidden, "model.input_dropout_rate": inp, "seed": s}
+          for hidden, inp in config.rates for s in config.seeds]
+  exp.sweep("adam", train_config, runs)
+  analyze(exp)
+
+
+def _label(hidden, inp) -> str:
+  return f"dropout {hidden:g}" + (f", input {inp:g}" if inp else "")
+
+
+def analyze(exp: common.Experiment):
+  rows = exp.write_results()
+  groups = report.group_by(rows, "model.dropout_rate", "model.input_dropout_rate")
+  stats = []
+  for (hidden, inp), group in sorted(groups.items()):
+    ids = sorted({r["run_id"] for r in group})
+    fin = {split: report.final_rows(group, split) for split in ("train_eval", "test")}
+    gap = [fin["train_eval"][i]["accuracy"] - fin["test"][i]["accuracy"] for i in ids]
+    stats.append({
+        "label": _label(hidden, inp), "ids": ids, "rows": group,
+        "train_acc": report.mean_std(fin["train_eval"][i]["accuracy"] for i in ids),
+        "test_acc": report.mean_std(fin["test"][i]["accuracy"] for i in ids),
+        "gap": report.mean_std(gap),
+        "train_loss": report.mean_std(fin["train_eval"][i]["loss"] for i in ids),
+        "loss_gap": report.mean_std(fin["test"][i]["loss"] - fin["train_eval"][i]["loss"]
+                                    for i in ids),
+        "test_loss": report.mean_std(fin["test"][i]["loss"] for i in ids),
+        "best_test_loss": report.mean_std(
+            min(r["loss"] for r in group if r["run_id"] == i and r["split"] == "test")
+            for i in ids),
+    })
+
+  plt = report.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  colors = report.colors(len(stats), "coolwarm")
+  for s, color in zip(stats, colors):
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+      for split, style in (("train_eval", "--"), ("test", "-")):
+        curves = [report.curve(s["rows"], i, split, x="epoch", y=metric) for i in s["ids"]]
+        xs, ys = curves[0][0], np.mean([c[1] for c in curves], axis=0)
+        ax.plot(xs, ys, style, color=color,
+                label=f"{s['label']}: {'train' if split == 'train_eval' else 'test'}")
+      ax.set_xlabel("epoch")
+      ax.set_ylabel(metric)
+  axes[0].set_yscale("log")
+  axes[0].set_title("loss: train (dashed, dropout off) vs test (solid)")
+  axes[1].set_title("accuracy: train (dashed) vs test (solid)")
+  axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  report.save(fig, exp.path("train_vs_test.png"))
+
+  headers = ["dropout", "train accuracy", "test accuracy", "accuracy gap", "final test loss",
+             "loss gap (test - train)", "best test loss"]
+  table = [[s["label"], report.pm(*s["train_acc"]), report.pm(*s["test_acc"]),
+            report.pm(*s["gap"]), report.pm(*s["test_loss"]), report.pm(*s["loss_gap"]),
+            report.pm(*s["best_test_loss"])] for s in stats]
+  summary = report.Report("Dropout: overfitting and its fix (summary)")
+  summary.table(headers, table)
+  summary.write(exp.path("summary.md"))
+
+  train_config = exp.config.train
+  rep = report.Report("Dropout: overfitting and its fix")
+  rep.text(f"An MLP {tuple(train_config.model.hidden_sizes)} (ReLU, Adam "
+           f"{train_config.optimizer.learning_rate:g}) trained for {train_config.num_epochs} "
+           f"epochs on {train_config.dataset.num_train_examples} training examples, with "
+           f"{len(exp.config.seeds)} seed(s) per dropout setting. 'train' is the training "
+           "subset scored with dropout off; the gap is train accuracy minus test accuracy "
+           "at the end of training.")
+  exp.what_was_run(rep, common.dataset_note(train_config))
+  rep.heading("Result")
+  rep.image("train_vs_test.png", "Train (dashed) and test (solid) loss and accuracy per "
+            "dropout rate, mean over seeds.")
+  rep.table(headers, table)
+  rep.heading("Reading")
+  rep.text(_reading(stats))
+  rep.write(exp.path("report.md"))
+
+
+def _reading(stats) -> str:
+  base, rest = stats[0], stats[1:]
+  if not rest:
+    return "Only one dropout setting was run; there is nothing to compare."
+  best = max(rest, key=lambda s: s["test_acc"][0])
+  narrowest = min(rest, key=lambda s: s["loss_gap"][0])
+  text = [f"Without dropout the network fits its training subset to "
+          f"{report.fmt(base['train_acc'][0])} accuracy while test accuracy is "
+          f"{report.fmt(base['test_acc'][0])} (gap {report.fmt(base['gap'][0])}); its test "
+          f"loss ends at {report.fmt(base['test_loss'][0])}, against a best of "
+          f"{report.fmt(base['best_test_loss'][0])} earlier in training"
+          + (" (overfitting: it rose again)." if
+             base["test_loss"][0] > base["best_test_loss"][0] * 1.05 else ".")]
+  narrows = narrowest["loss_gap"][0] < base["loss_gap"][0]
+  text.append(f"The test-minus-train loss gap is {report.fmt(base['loss_gap'][0])} without "
+              f"dropout and {report.fmt(narrowest['loss_gap'][0])} with {narrowest['label']}"
+              + (", narrower." if narrows else ", not narrower."))
+  diff = best["test_acc"][0] - base["test_acc"][0]
+  noise = max(best["test_acc"][1], base["test_acc"][1])
+  improves = diff > noise
+  text.append(f"The best test accuracy with dropout, {report.pm(*best['test_acc'])} "
+              f"({best['label']}; test error {100 * (1 - best['test_acc'][0]):.2f}% vs "
+              f"{100 * (1 - base['test_acc'][0]):.2f}% without), is "
+              + ("better by more than the seed-to-seed std." if improves else
+                 "not better by more than the seed-to-seed std."))
+  text.append("Srivastava et al. (2014), Table 2, report 1.60% test error for a standard "
+              "MNIST net and 1.25% with dropout (ReLU): dropout narrows the gap and lowers "
+              "test error. This run " + (
+                  "agrees on both counts" if narrows and improves else
+                  "agrees that the gap narrows, but its test-error gain is within noise"
+                  if narrows else "does not reproduce the narrowing gap")
+              + " (on a different dataset and a small subset, so only the direction is "
+              "comparable, not the numbers).")
+  return " ".join(text)
+
+
+if __name__ == "__main__":
+  common.define_flags(get_config)
+  common.run(NAME, get_config, train)

@@ -1,0 +1,378 @@
+"""The optimizer lineage: SGD, Momentum, NAG, Adagrad, RMSProp, AdaDelta, Adam, Nadam.
+
+    python -m experiments.optimizers --workdir=/tmp/vgg_jax/exp/optimizers --mode=quick
+
+(a) Networks: an MLP and a narrow VGG on Fashion-MNIST. Each optimizer gets
+its own log-spaced learning-rate grid (centred on its usual rate) and its own
+program; the grid x seeds train together under vmap. The best rate is picked
+on validation accuracy; test accuracy is only reported.
+
+(b) 2-D surfaces: Beale's function, the Rosenbrock valley and the saddle
+x^2 - y^2, every optimizer from the same start, drawn over the contours as a
+PNG and an animated GIF. There each optimizer's step size is the one from
+a grid with the lowest mean loss along its path (escaping, for the saddle).
+"""
+
+import math
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from experiments import common
+from vgg_jax import optim
+from vgg_jax import report
+from vgg_jax.config_lib import base_config
+
+NAME = "optimizers"
+LINEAGE = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "nadam")
+# Each optimizer's usual learning rate: the middle of its grid.
+CENTRES = {"sgd": 0.1, "momentum": 0.01, "nesterov": 0.01, "adagrad": 0.03, "rmsprop": 1e-3,
+           "adadelta": 1.0, "adam": 1e-3, "nadam": 1e-3}
+LABELS = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "NAG", "adagrad": "Adagrad",
+          "rmsprop": "RMSProp", "adadelta": "AdaDelta", "adam": "Adam", "nadam": "Nadam"}
+
+
+def get_config(mode: str):
+  config = ml_collections.ConfigDict()
+  mlp = common.train_config(mode)
+  mlp.model.hidden_sizes = (256, 256)
+  mlp.dataset.num_train_examples = {"smoke": -1, "quick": 10000, "full": -1}[mode]
+  mlp.num_epochs = {"smoke": 2, "quick": 10, "full": 30}[mode]
+  vgg = common.train_config(mode)
+  vgg.dataset.image_size = 32
+  vgg.model.name = "vgg11"
+  vgg.model.width_multiplier = {"smoke": 0.0625, "quick": 0.0625, "full": 0.125}[mode]
+  vgg.model.classifier_sizes = (64,) if mode != "full" else (128,)
+  vgg.model.kernel_init = "he_normal"
+  vgg.dataset.num_train_examples = {"smoke": -1, "quick": 4000, "full": -1}[mode]
+  vgg.num_epochs = {"smoke": 1, "quick": 4, "full": 15}[mode]
+  config.mlp, config.vgg = mlp, vgg
+  config.optimizers = ("sgd", "momentum", "adam") if mode == "smoke" else LINEAGE
+  config.surface_optimizers = config.optimizers
+  # Grid: centre x these factors (5 log-spaced points, two decades).
+  config.lr_factors = (0.3, 3.0) if mode == "smoke" else (0.1, 0.316, 1.0, 3.16, 10.0)
+  config.seeds = common.seeds(mode)
+  config.vgg_seeds = {"smoke": (0,), "quick": (0, 1), "full": (0, 1, 2, 3, 4)}[mode]
+  config.evals_per_run = {"smoke": 2, "quick": 20, "full": 40}[mode]
+  config.target_accuracy = {"smoke": 0.5, "quick": 0.83, "full": 0.88}[mode]
+  config.vgg_target_accuracy = {"smoke": 0.3, "quick": 0.75, "full": 0.9}[mode]
+  config.surface_steps = {"smoke": 40, "quick": 400, "full": 1000}[mode]
+  config.surface_lrs = tuple(float(x) for x in np.logspace(-4, 0, 9))
+  return config
+
+
+# -------------------------------------------------------------- networks
+
+
+def _runs(config, seeds):
+  return [{"optimizer.name": name, "optimizer.learning_rate": CENTRES[name] * f, "seed": s}
+          for name in config.optimizers for f in config.lr_factors for s in seeds]
+
+
+def _network_stats(rows, target):
+  """Per optimizer: the best rate on validation, its curves and test numbers."""
+  stats = {}
+  for (name,), group in report.group_by(rows, "optimizer.name").items():
+    best = None
+    lrs = sorted({r["optimizer.learning_rate"] for r in group})
+    for lr in lrs:
+      lr_rows = report.where(group, **{"optimizer.learning_rate": lr})
+      ids = sorted({r["run_id"] for r in lr_rows})
+      val = report.final_rows(lr_rows, "validation")
+      test = report.final_rows(lr_rows, "test")
+      hits = []
+      for i in ids:
+        hit = next((r for r in sorted(lr_rows, key=lambda r: r["step"]) if r["run_id"] == i
+                    and r["split"] == "validation" and r["accuracy"] >= target), None)
+        hits.append(hit)
+      cand = {"lr": lr, "ids": ids, "rows": lr_rows,
+              "edge": lr in (lrs[0], lrs[-1]),
+              "val_acc": report.mean_std(val[i]["accuracy"] for i in ids),
+              "test_acc": report.mean_std(test[i]["accuracy"] for i in ids),
+              "diverged": sum(report.diverged_at(lr_rows, i) is not None for i in ids),
+              "steps": report.mean_std(h["step"] for h in hits) if all(hits) else (math.nan,) * 2,
+              "seconds": report.mean_std(h["train_seconds"] for h in hits) if all(hits)
+                         else (math.nan,) * 2}
+      score = -1.0 if cand["diverged"] else np.nan_to_num(cand["val_acc"][0], nan=-1.0)
+      if best is None or score > best[0]:
+        best = (score, cand)
+    stats[name] = best[1]
+  return stats
+
+
+def _plot_networks(exp, per_model: Dict[str, Dict], path):
+  plt = report.pyplot()
+  fig, axes = plt.subplots(len(per_model), 2, figsize=(13, 4.2 * len(per_model)),
+                           squeeze=False)
+  for row, (model, stats) in zip(axes, per_model.items()):
+    colors = report.colors(len(stats), "tab10")
+    for (name, s), color in zip(stats.items(), colors):
+      for ax, metric in zip(row, ("loss", "accuracy")):
+        curves = [report.curve(s["rows"], i, "validation", y=metric) for i in s["ids"]]
+        xs, ys = curves[0][0], np.mean([c[1] for c in curves], axis=0)
+        report.plot_curves(ax, [(f"{LABELS[name]} (lr {report.fmt(s['lr'])})", xs, ys, color)])
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"validation {metric}")
+        ax.set_title(f"{model}: validation {metric} at each optimizer's best rate")
+    row[0].set_yscale("log")
+    row[1].legend(fontsize=7, loc="lower right")
+  report.save(fig, path)
+
+
+# -------------------------------------------------------------- surfaces
+
+
+def beale(p):
+  x, y = p[0], p[1]
+  return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y ** 2) ** 2 + (2.625 - x + x * y ** 3) ** 2
+
+
+def rosenbrock(p):
+  return (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
+
+
+def saddle(p):
+  return p[0] ** 2 - p[1] ** 2
+
+
+# name: (function, start, minimum (None: unbounded), (xmin, xmax, ymin, ymax), log contours)
+SURFACES = {
+    "beale": (beale, (1.0, 1.5), (3.0, 0.5), (-4.5, 4.5, -4.5, 4.5), True),
+    "rosenbrock": (rosenbrock, (-1.2, 1.0), (1.0, 1.0), (-2.0, 2.0, -1.0, 3.0), True),
+    "saddle": (saddle, (1.0, 1e-3), None, (-1.5, 1.5, -1.5, 1.5), False),
+}
+
+
+def trajectories(fn, start, box, name: str, lrs, steps: int) -> np.ndarray:
+  """[len(lrs), steps + 1, 2] paths of optimizer `name`, one per learning rate.
+
+  A path that leaves the box (or turns non-finite) stays where it left.
+  """
+  cfg = base_config().optimizer
+  cfg.name = name
+  tx, _ = optim.create_optimizer(cfg, steps)
+  grad = jax.grad(fn)
+  lo, hi = jnp.array(box[::2]), jnp.array(box[1::2])
+
+  def path(lr):
+    p0 = jnp.array(start, jnp.float32)
+    state = tx.init(p0)
+    state.hyperparams["learning_rate"] = lr
+
+    def body(carry, _):
+      p, state, inside = carry
+      updates, new_state = tx.update(grad(p), state, p)
+      new_p = p + updates
+      ok = inside & jnp.all(jnp.isfinite(new_p)) & jnp.all((new_p >= lo) & (new_p <= hi))
+      p = jnp.where(ok, new_p, p)
+      return (p, jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state), ok), p
+
+    _, ps = jax.lax.scan(body, (p0, state, jnp.array(True)), None, length=steps)
+    return jnp.concatenate([p0[None], ps])
+
+  return np.asarray(jax.jit(jax.vmap(path))(jnp.asarray(lrs, jnp.float32)))
+
+
+def _surface_results(config):
+  """surface -> optimizer -> {lr, path, score}: the best path of each grid."""
+  results = {}
+  for surface, (fn, start, minimum, box, _) in SURFACES.items():
+    results[surface] = {}
+    for name in config.surface_optimizers:
+      paths = trajectories(fn, start, box, name, config.surface_lrs, config.surface_steps)
+      values = fn(np.moveaxis(paths, -1, 0))  # [lrs, steps + 1]
+      left = [not np.all((path[-1] > np.array(box[::2])) & (path[-1] < np.array(box[1::2])))
+              for path in paths]
+      if minimum is None:  # The saddle: escaping is the goal; lower mean is faster.
+        scores = values.mean(axis=1)
+      else:  # Leaving the box counts as diverging.
+        scores = np.where(left, np.inf, values.mean(axis=1))
+      j = int(np.argmin(scores))
+      end = paths[j][-1]
+      results[surface][name] = {
+          "lr": float(config.surface_lrs[j]), "path": paths[j],
+          "final": float(values[j][-1]), "left": bool(left[j]),
+          "distance": (float(np.hypot(*(end - np.array(minimum)))) if minimum else math.nan),
+          "escape_step": (int(np.argmax(np.abs(paths[j][:, 1]) > 1.0))
+                          if minimum is None and np.any(np.abs(paths[j][:, 1]) > 1.0) else None),
+      }
+  return results
+
+
+def _contours(ax, surface):
+  fn, start, minimum, box, log = SURFACES[surface]
+  xs = np.linspace(box[0], box[1], 200)
+  ys = np.linspace(box[2], box[3], 200)
+  grid_x, grid_y = np.meshgrid(xs, ys)
+  z = np.asarray(fn(np.stack([grid_x, grid_y])))
+  if log:
+    ax.contour(grid_x, grid_y, z, levels=np.logspace(-1, 5, 25), norm="log", cmap="Greys",
+               linewidths=0.6)
+  else:
+    ax.contour(grid_x, grid_y, z, levels=20, cmap="Greys", linewidths=0.6)
+  if minimum:
+    ax.plot(*minimum, "r*", markersize=14)
+  ax.plot(*start, "ko", markersize=5)
+  ax.set_xlim(box[0], box[1])
+  ax.set_ylim(box[2], box[3])
+  ax.set_title(surface)
+
+
+def _plot_surfaces(results, png_path, gif_path, frames: int):
+  plt = report.pyplot()
+  from matplotlib import animation  # pylint: disable=g-import-not-at-top
+  names = list(next(iter(results.values())))
+  colors = dict(zip(names, report.colors(len(names), "tab10")))
+  fig, axes = plt.subplots(1, len(SURFACES), figsize=(6 * len(SURFACES), 5.2))
+  lines = {}
+  for ax, surface in zip(axes, SURFACES):
+    _contours(ax, surface)
+    for name, r in results[surface].items():
+      lines[surface, name], = ax.plot(r["path"][:, 0], r["path"][:, 1], color=colors[name],
+                                      lw=1.6, label=f"{LABELS[name]} ({report.fmt(r['lr'])})")
+    ax.legend(fontsize=7, loc="lower left")
+  report.save(fig, png_path)
+
+  fig, axes = plt.subplots(1, len(SURFACES), figsize=(5 * len(SURFACES), 4.3))
+  for ax, surface in zip(axes, SURFACES):
+    _contours(ax, surface)
+    for name in names:
+      lines[surface, name], = ax.plot([], [], color=colors[name], lw=1.6, label=LABELS[name])
+  axes[0].legend(fontsize=7, loc="lower left")
+  steps = len(next(iter(results["beale"].values()))["path"])
+  cut = np.unique(np.geomspace(1, steps, frames).astype(int))  # Early steps move most.
+
+  def draw(k):
+    for (surface, name), line in lines.items():
+      path = results[surface][name]["path"][:cut[k]]
+      line.set_data(path[:, 0], path[:, 1])
+    return list(lines.values())
+
+  anim = animation.FuncAnimation(fig, draw, frames=len(cut), blit=True)
+  anim.save(gif_path, writer=animation.PillowWriter(fps=10), dpi=60)
+  plt.close(fig)
+
+
+# ------------------------------------------------------------ experiment
+
+
+def train(exp: common.Experiment):
+  config = exp.config
+  for model, seeds in (("mlp", config.seeds), ("vgg", config.vgg_seeds)):
+    train_config = config[model]
+    train_config.eval_every_steps = common.eval_every(train_config, config.evals_per_run)
+    exp.sweep(model, train_config, _runs(config, seeds))
+  analyze(exp)
+
+
+def analyze(exp: common.Experiment):
+  config = exp.config
+  exp.write_results()
+  targets = {"mlp": config.target_accuracy, "vgg": config.vgg_target_accuracy}
+  per_model = {model: _network_stats(exp.rows(model), targets[model]) for model in ("mlp", "vgg")}
+  titles = {"mlp": f"MLP {tuple(config.mlp.model.hidden_sizes)}",
+            "vgg": f"{config.vgg.model.name} x{config.vgg.model.width_multiplier:g} width"}
+  _plot_networks(exp, {titles[m]: s for m, s in per_model.items()},
+                 exp.path("learning_curves.png"))
+  surfaces = _surface_results(config)
+  _plot_surfaces(surfaces, exp.path("surfaces.png"), exp.path("surfaces.gif"),
+                 frames=min(60, config.surface_steps))
+
+  headers = ["model", "optimizer", "best lr", "test accuracy", "steps to target",
+             "group seconds to target", "diverged (best lr)"]
+  table = []
+  for model, stats in per_model.items():
+    for name in config.optimizers:
+      s = stats[name]
+      table.append([titles[model], LABELS[name],
+                    report.fmt(s["lr"]) + (" (grid edge)" if s["edge"] else ""),
+                    report.pm(*s["test_acc"]),
+                    report.fmt(s["steps"][0]) if not math.isnan(s["steps"][0]) else "not reached",
+                    report.fmt(s["seconds"][0]), s["diverged"]])
+  surface_headers = ["surface", "optimizer", "step size", "final f", "distance to minimum",
+                     "left the box"]
+  surface_table = [[surface, LABELS[name], report.fmt(r["lr"]), report.fmt(r["final"]),
+                    report.fmt(r["distance"]) if SURFACES[surface][2] else
+                    (f"escaped at step {r['escape_step']}" if r["escape_step"] is not None
+                     else "stuck"), "yes" if r["left"] else "no"]
+                   for surface, by_name in surfaces.items() for name, r in by_name.items()]
+
+  summary = report.Report("Optimizers: the lineage from SGD to Nadam (summary)")
+  summary.text(f"Target validation accuracy: MLP {config.target_accuracy:.0%}, VGG "
+               f"{config.vgg_target_accuracy:.0%}.")
+  summary.table(headers, table)
+  summary.write(exp.path("summary.md"))
+
+  rep = report.Report("Optimizers: the lineage from SGD to Nadam")
+  rep.text(f"Each optimizer trains with its own grid of {len(config.lr_factors)} learning "
+           f"rates (its usual rate x {tuple(config.lr_factors)}), "
+           f"{len(config.seeds)} seed(s) for the MLP and {len(config.vgg_seeds)} for the VGG; "
+           "the best rate is the one with the highest mean final validation accuracy. A "
+           "group's seconds are the training time of its whole vmapped grid (same model and "
+           "grid size for every optimizer, so they compare).")
+  exp.what_was_run(rep, f"MLP: {common.dataset_note(config.mlp)}; VGG: "
+                   f"{common.dataset_note(config.vgg)}, at {config.vgg.dataset.image_size}x"
+                   f"{config.vgg.dataset.image_size}")
+  rep.heading("(a) Networks")
+  rep.image("learning_curves.png", "Validation curves at each optimizer's best learning rate.")
+  rep.table(headers, table)
+  rep.heading("(b) 2-D surfaces")
+  rep.image("surfaces.png", "Paths of the eight optimizers on Beale's function, the "
+            "Rosenbrock valley and the saddle x^2 - y^2 (animated: surfaces.gif).")
+  rep.image("surfaces.gif", "The same paths, animated.")
+  rep.table(surface_headers, surface_table)
+  rep.heading("Reading")
+  rep.text(_reading(per_model, titles, config))
+  rep.write(exp.path("report.md"))
+
+
+def _reading(per_model, titles, config) -> str:
+  text = []
+  adaptive_ok = []
+  for model, stats in per_model.items():
+    ranked = sorted(stats.items(), key=lambda kv: -np.nan_to_num(kv[1]["test_acc"][0], nan=-1))
+    best_name, best = ranked[0]
+    spread = best["test_acc"][0] - ranked[-1][1]["test_acc"][0]
+    text.append(f"{titles[model]}: best test accuracy {report.pm(*best['test_acc'])} with "
+                f"{LABELS[best_name]}; the spread from best to worst tuned optimizer is "
+                f"{spread:.3f}.")
+    if "adam" in stats and best_name != "adam":
+      adam = stats["adam"]
+      gap = best["test_acc"][0] - adam["test_acc"][0]
+      text.append(f"Adam is {gap:.3f} behind the best" + (" (within one seed std)." if
+                                                          gap <= max(best["test_acc"][1],
+                                                                     adam["test_acc"][1])
+                                                          else "."))
+    for general, special in (("adam", "momentum"), ("nadam", "nesterov"), ("adam", "rmsprop"),
+                             ("momentum", "sgd")):
+      if general in stats and special in stats:
+        adaptive_ok.append(stats[general]["test_acc"][0] + stats[general]["test_acc"][1]
+                           >= stats[special]["test_acc"][0] - stats[special]["test_acc"][1])
+  edges = [f"{LABELS[n]} ({titles[m]})" for m, st in per_model.items() for n, s in st.items()
+           if s["edge"]]
+  if edges:
+    text.append("Best rates at the grid's edge, where a wider grid might do better: "
+                + ", ".join(edges) + ".")
+  text.append("Choi et al. (2019) show that, tuned, an optimizer never does worse than the "
+              "ones it includes as special cases (Adam includes Momentum and RMSProp; Nadam "
+              "includes NAG); Schmidt et al. (2021) find that no optimizer dominates and that "
+              "Adam is a strong default. Here, the more general optimizer matched its special "
+              f"case within a std in {sum(adaptive_ok)} of {len(adaptive_ok)} comparisons, which "
+              + ("agrees." if all(adaptive_ok) else "disagrees in the remaining cases "
+                 "(with this small a grid and budget, tuning noise can do that).")
+              + " The seed's advice, when unsure, Adam, "
+              + ("holds: Adam is within one std of the best here." if all(
+                  s.get("adam") is None or (max(v["test_acc"][0] for v in s.values())
+                                            - s["adam"]["test_acc"][0]
+                                            <= max(s["adam"]["test_acc"][1], 0.005))
+                  for s in per_model.values()) else
+                 "is a safe default here but not the winner everywhere."))
+  return " ".join(text)
+
+
+if __name__ == "__main__":
+  common.define_flags(get_config)
+  common.run(NAME, get_config, train)
