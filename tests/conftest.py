@@ -49,3 +49,38 @@ def run_cli(args, workdir=None, env_extra=None, **kwargs):
   if workdir is not None:
     cmd.append(f"--workdir={workdir}")
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
+
+
+def write_idx(path, array):
+  import gzip, struct  # pylint: disable=g-import-not-at-top,multiple-imports
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+      f">{array.ndim}I", *array.shape)
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_idx_dir(directory, num_train, num_test, gz=True):
+  """Fake MNIST-family files; image i is filled with i % 251, label i % 10."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  ext = ".gz" if gz else ""
+  for split, n in (("train", num_train), ("t10k", num_test)):
+    i = np.arange(n)
+    images = np.broadcast_to((i % 251)[:, None, None], (n, 28, 28))
+    write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte{ext}"), images)
+    write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte{ext}"), i % 10)
+  return directory
+
+
+@pytest.fixture(scope="session")
+def prepared_fashion(tmp_path_factory):
+  """Fake IDX files laid out as Debian's package lays them out, prepared into
+  a TFDS data_dir (full-size: TFDS's builder expects 60,000 + 10,000)."""
+  from vgg_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("prepare")
+  debian = write_idx_dir(str(root / "usr/share/datasets/fashion-mnist"), 60000, 10000)
+  data_dir = str(root / "tfds")
+  prepare.prepare("fashion_mnist", debian, data_dir)
+  return data_dir

@@ -10,32 +10,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import run_cli, tiny_config
+from conftest import run_cli, tiny_config, write_idx_dir
 from vgg_jax import config_lib, data, metrics, train
-from vgg_jax.data import idx, image_folder, pipeline, prepare
+from vgg_jax.data import idx, pipeline
 from vgg_jax.errors import ConfigError, DataError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-def write_idx(path, array):
-  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
-      f">{array.ndim}I", *array.shape)
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
-def write_idx_dir(directory, num_train, num_test, gz=True):
-  """Fake MNIST-family files; image i is filled with i % 251, label i % 10."""
-  os.makedirs(directory, exist_ok=True)
-  ext = ".gz" if gz else ""
-  for split, n in (("train", num_train), ("t10k", num_test)):
-    i = np.arange(n)
-    images = np.broadcast_to((i % 251)[:, None, None], (n, 28, 28))
-    write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte{ext}"), images)
-    write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte{ext}"), i % 10)
-  return directory
 
 
 def dataset_config(name, **overrides):
@@ -153,17 +133,6 @@ def test_real_fashion_mnist_one_short_epoch(tmp_path):
   config.eval_batch_size = 2000
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["accuracy"] > 0.7  # Chance is 0.1.
-
-
-@pytest.fixture(scope="module")
-def prepared_fashion(tmp_path_factory):
-  """Fake IDX files laid out as Debian's package lays them out, prepared into
-  a TFDS data_dir (full-size: TFDS's builder expects 60,000 + 10,000)."""
-  root = tmp_path_factory.mktemp("prepare")
-  debian = write_idx_dir(str(root / "usr/share/datasets/fashion-mnist"), 60000, 10000)
-  data_dir = str(root / "tfds")
-  prepare.prepare("fashion_mnist", debian, data_dir)
-  return data_dir
 
 
 def test_prepare_makes_tfds_load_work_offline(prepared_fashion):

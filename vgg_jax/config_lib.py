@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Log rows are exact either way; evals and checkpoints then happen at the
   # end of the epoch in which their interval falls.
   c.scan_epoch = True
+  # Run op by op with jax_debug_nans: the first primitive that makes a NaN
+  # raises, named. Very slow (nothing is compiled); for the hunt.
+  c.debug_nans = False
   # Data parallel over num_devices (-1: all) in the jit form (Mesh + NamedSharding)
   # or the pmap form. batch_size is global and must divide by the device count.
   c.parallelism = "jit"

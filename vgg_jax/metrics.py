@@ -18,6 +18,27 @@ import jax
 from vgg_jax import tf_import
 
 METRICS_FILE = "metrics.jsonl"
+STATUS_FILE = "status.json"
+STATUSES = ("running", "done", "diverged")
+
+
+def write_status(workdir: str, status: str, **fields) -> None:
+  """workdir/status.json: running, done or diverged, with the step and details.
+
+  Written atomically by process 0. A run killed mid-way stays "running": the
+  file says how far it had started from, and a rerun resumes it.
+  """
+  assert status in STATUSES, status
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, STATUS_FILE)
+  record = {"status": status, **fields,
+            "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1)
+    f.write("\n")
+  os.replace(tmp, path)
 
 
 def _truncate_jsonl(path: str, keep_through_step: int) -> None:

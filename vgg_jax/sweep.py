@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vgg_jax import config_validation, data, models, optim, parallel, train
+from vgg_jax import config_validation, data, faults, models, optim, parallel, train
 from vgg_jax.data import pipeline
 from vgg_jax.errors import ConfigError
 
@@ -407,6 +407,7 @@ class GroupProgram:
           last.setdefault(run_id, {})[split] = row
       self._write_probes(states, step, members, probe_writer)  # Before "done" lands.
       writer.write_many(rows)
+      faults.maybe_kill("sweep_eval", step)
       logger.info("sweep step %d/%d: test accuracy %s", step, total_steps,
                   " ".join(f"{last[r]['test']['accuracy']:.3f}" for r, _ in members))
     return [{"run_id": run_id, **overrides, **{f"{s}_{k}": last[run_id][s][k]

@@ -14,12 +14,13 @@ step s sees the same batches, masks and crops as an uninterrupted one.
 """
 
 import functools
+import hashlib
 import json
 import logging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from flax.training import train_state
 import jax
@@ -28,15 +29,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from vgg_jax import checkpoint, config_validation, data, metrics, models, optim, parallel
+from vgg_jax import checkpoint, config_validation, data, faults, metrics, models, optim, parallel
 from vgg_jax.data import pipeline
-from vgg_jax.errors import ConfigError, DivergedError
+from vgg_jax.errors import ConfigError, DivergedError, UserError
 from vgg_jax.models import common
 
 logger = logging.getLogger(__name__)
 
 PMAP_AXIS = "devices"
 EVAL_SPLITS = ("validation", "test")
+# Step metric: one flag per gradient leaf (tree order), False where non-finite.
+GRAD_FINITE = "grad_finite"
 
 
 class TrainState(train_state.TrainState):
@@ -105,11 +108,15 @@ def train_step(state: TrainState, batch, *, head: models.Head, preprocess: Calla
     grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
   new_state = state.apply_gradients(grads=grads,
                                     batch_stats=updates.get("batch_stats", state.batch_stats))
+  # Per-leaf sums of squares give the global norm and, for free, which layers'
+  # gradients are non-finite (Inf and NaN survive the square and the sum).
+  squares = [jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)]
   step_metrics = {
       "loss": loss,
       "accuracy": accuracy,
       "learning_rate": optim.learning_rate(state.opt_state, lr_shape, state.step),
-      "grad_norm": optax.tree.norm(grads),
+      "grad_norm": jnp.sqrt(sum(squares)),
+      GRAD_FINITE: jnp.stack([jnp.isfinite(x) for x in squares]),
   }
   return new_state, step_metrics
 
@@ -165,13 +172,49 @@ def total_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   return config.num_epochs * (num_train // config.batch_size)
 
 
+# What a rerun may change and still resume: the length (the schedule follows
+# the new length), cadence, eval batching, devices, where the data lives, the
+# NaN hunt. Anything else changes what the checkpoints mean, so a workdir
+# written by another config refuses to resume.
+RESUMABLE_CHANGES = ("num_epochs", "num_train_steps", "log_every_steps", "eval_every_steps",
+                     "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size",
+                     "num_devices", "parallelism", "debug_nans", "dataset.data_dir",
+                     "dataset.idx_dir", "dataset.download", "dataset.memory_limit_mb")
+
+
+def _flatten(tree, prefix=""):
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses (before writing anything) to resume a workdir of a different config."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      old = _flatten(json.load(f))
+  except (OSError, ValueError):
+    raise ConfigError("--workdir", workdir, "a fresh directory, or one written by this "
+                      f"config ({path} is unreadable)") from None
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  differ = sorted(k for k in set(old) | set(new)
+                  if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+  if differ:
+    shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:4])
+    more = f"; and {len(differ) - 4} more" if len(differ) > 4 else ""
+    raise UserError(f"{workdir} holds a run of a different config ({shown}{more}); "
+                    "use a new --workdir, or the old values to resume it")
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   path = os.path.join(workdir, "config.json")
   resolved = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      if json.load(f) != resolved:
-        logger.warning("config differs from the one in %s; resuming with the new one", path)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(resolved, f, indent=2, sort_keys=True)
@@ -186,8 +229,10 @@ def crossed(every: int, before: int, after: int) -> bool:
 class _TrainRows:
   """Per-step metrics waiting to be averaged into log rows.
 
-  Chunks stay on the device until a log point, then come back in one
-  transfer; a row averages the steps since the previous row.
+  Chunks stay on the device until a log point, eval or checkpoint, then come
+  back in one transfer; a row averages the steps since the previous row. On
+  the way, every step is checked for a non-finite loss or gradient: the first
+  such step is kept in `divergence` as (step, loss, leaf-finite flags).
   """
 
   def __init__(self, last_logged: int, snapshot: Optional[Dict] = None):
@@ -196,6 +241,7 @@ class _TrainRows:
     snapshot = snapshot or {}
     self._steps = np.asarray(snapshot.get("steps", []), np.int64)
     self._host = {k: np.asarray(v, np.float32) for k, v in snapshot.get("metrics", {}).items()}
+    self.divergence = None
 
   def snapshot(self) -> Dict:
     """The steps not yet in a row, exactly, for the checkpoint (JSON-able)."""
@@ -205,12 +251,26 @@ class _TrainRows:
 
   def _fetch(self) -> None:
     for first, stacked in self._device:
-      stacked = jax.device_get(stacked)
-      n = len(next(iter(stacked.values())))
+      stacked = dict(jax.device_get(stacked))
+      finite = stacked.pop(GRAD_FINITE, None)
+      n = len(stacked["loss"])
+      if self.divergence is None:
+        bad = ~np.isfinite(stacked["loss"])
+        if finite is not None:
+          bad |= ~finite.all(axis=1)
+        if bad.any():
+          i = int(np.argmax(bad))
+          self.divergence = (first + i, float(stacked["loss"][i]),
+                             None if finite is None else finite[i])
       self._steps = np.concatenate([self._steps, np.arange(first, first + n)])
       for k, v in stacked.items():
         self._host[k] = np.concatenate([self._host.get(k, np.zeros(0, v.dtype)), v])
     self._device = []
+
+  def diverged_step(self) -> Optional[int]:
+    """The first non-finite step among those added, or None (waits for the device)."""
+    self._fetch()
+    return None if self.divergence is None else self.divergence[0]
 
   def add(self, first_step: int, stacked) -> None:
     self._device.append((first_step, stacked))
@@ -228,14 +288,72 @@ class _TrainRows:
     self._host = {k: v[keep] for k, v in self._host.items()}
 
 
+def params_fingerprint(params) -> str:
+  """SHA-256 of every parameter's bytes and path: equal iff bit-for-bit equal."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf  # One replica.
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.ascontiguousarray(jax.device_get(local)).tobytes())
+  return digest.hexdigest()
+
+
+def first_nonfinite_layers(params, finite: Optional[np.ndarray]) -> List[str]:
+  """Layers (in forward order) whose gradient had a non-finite leaf, per the
+  per-leaf flags of the GRAD_FINITE step metric."""
+  if finite is None:
+    return []
+  order = {name: i for i, name in enumerate(params)}  # Flax keeps creation order.
+  bad = set()
+  for (path, _), ok in zip(jax.tree_util.tree_leaves_with_path(params), finite):
+    if not ok:
+      bad.add(path[0].key)
+  return sorted(bad, key=lambda name: order.get(name, len(order)))
+
+
+def divergence_error(divergence, params, workdir: str) -> DivergedError:
+  step, loss, finite = divergence
+  layers = first_nonfinite_layers(params, finite)
+  where = (f"; first non-finite gradient in layer {layers[0]}"
+           + (f" (and {len(layers) - 1} more)" if len(layers) > 1 else "") if layers else "")
+  error = DivergedError(f"training diverged at step {step}: loss {loss}{where}. Checkpoints "
+                        f"before step {step} are kept in {workdir}; lower "
+                        "optimizer.learning_rate or set optimizer.grad_clip_norm")
+  error.step, error.layer = step, (layers[0] if layers else None)
+  error.loss = loss
+  return error
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
   """Trains config's model, evaluating and checkpointing into workdir.
 
   Resumes from the latest checkpoint in workdir if there is one. Returns the
-  final test metrics. Raises ConfigError or DataError before writing anything.
+  final test metrics. Raises ConfigError or DataError before writing anything,
+  and DivergedError (status.json: diverged) when a loss or gradient turns
+  non-finite.
   """
+  if not config.get("debug_nans", False):
+    return _train_and_evaluate(config, workdir)
+  previous = jax.config.jax_debug_nans
+  jax.config.update("jax_debug_nans", True)
+  try:
+    # Op by op: each primitive's output is checked as it is made, so the error
+    # names the first one that makes a NaN (compiled, JAX's own post-check of
+    # a jitted call's outputs missed it here).
+    with jax.disable_jit():
+      return _train_and_evaluate(config, workdir)
+  except FloatingPointError as e:
+    message = str(e).splitlines()[0]
+    metrics.write_status(workdir, "diverged", message=message)
+    raise DivergedError(f"jax_debug_nans: {message}") from None
+  finally:
+    jax.config.update("jax_debug_nans", previous)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
   start_time = time.time()
   config_validation.validate(config)
+  check_workdir_config(config, workdir)
   dataset = data.load(config.dataset)
   info = dataset.info
   num_train = dataset.num_train
@@ -265,6 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     _write_config(config, workdir)
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
   state, start_step, rows_snapshot = checkpoint.restore_latest(manager, state)
+  metrics.write_status(workdir, "running", step=start_step, total_steps=total_steps)
   if start_step:
     logger.info("resumed from checkpoint at step %d", start_step)
   if num_devices > 1:
@@ -316,25 +435,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     if use_pmap:  # Eval and checkpoints use one copy; the metrics are pmean'ed already.
       state, stacked = parallel.unreplicate(state), parallel.unreplicate(stacked)
     rows.add(step + 1, stacked)
+    faults.maybe_kill("step", new_step)
     done = new_step == total_steps
     boundaries = list(range((step // config.log_every_steps + 1) * config.log_every_steps,
                             new_step + 1, config.log_every_steps))
     if done and (not boundaries or boundaries[-1] != new_step):
       boundaries.append(new_step)
+    evaluate_now = done or crossed(eval_every, step, new_step)
+    save_now = done or crossed(config.checkpoint_every_steps, step, new_step)
+    # Nothing is logged, evaluated or saved from a state past a non-finite step.
+    bad_step = rows.diverged_step() if boundaries or evaluate_now or save_now else None
+    if bad_step is not None:
+      boundaries = [b for b in boundaries if b < bad_step]
     if boundaries:
       logged = list(rows.rows_through(boundaries))  # Waits for the device.
       train_rate = progress.rate(new_step)
       progress.mark(new_step)
-      for row_step, means, first in logged:
-        if not math.isfinite(means["loss"]):
-          raise DivergedError(f"training diverged: loss became {means['loss']} between steps "
-                              f"{first} and {row_step}; lower optimizer.learning_rate or set "
-                              "optimizer.grad_clip_norm")
+      for row_step, means, _ in logged:
         writer.write(row_step, "train", {**means, "steps_per_sec": train_rate,
                                          "epoch": row_step / steps_per_epoch})
         logger.info("%s", progress.line(row_step, {"loss": means["loss"],
                                                    "acc": means["accuracy"]}))
-    evaluate_now = done or crossed(eval_every, step, new_step)
+    if bad_step is not None:
+      manager.wait_until_finished()
+      writer.close()
+      error = divergence_error(rows.divergence, state.params, workdir)
+      metrics.write_status(workdir, "diverged", step=error.step, loss=error.loss,
+                           layer=error.layer, message=str(error))
+      raise error
     if evaluate_now:
       lr = float(optim.learning_rate(state.opt_state, lr_shape, state.step - 1))
       for split in eval_splits:
@@ -345,9 +473,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                        "epoch": new_step / steps_per_epoch})
         logger.info("step %d/%d | %s loss %.4f acc %.4f", new_step, total_steps, split,
                     results[split]["loss"], results[split]["accuracy"])
-    save_now = done or crossed(config.checkpoint_every_steps, step, new_step)
+        faults.maybe_kill("eval", new_step)
     if save_now:
       checkpoint.save(manager, new_step, state, rows.snapshot())
+      faults.maybe_kill("checkpoint", new_step)
     if evaluate_now or save_now:
       progress.mark(new_step)  # Eval and checkpoint time are not training time.
     step = new_step
@@ -361,6 +490,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   final = {**results["test"], "step": total_steps, "wall_seconds": time.time() - start_time}
   if "validation" in results:
     final.update({f"validation_{k}": v for k, v in results["validation"].items()})
+  metrics.write_status(workdir, "done", step=total_steps, test_accuracy=final["accuracy"],
+                       test_loss=final["loss"], params_sha256=params_fingerprint(state.params))
   return final
 
 
@@ -386,13 +517,22 @@ def _memory_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, s
     length = end - step if config.scan_epoch else 1
     for first in range(index, index + end - step, length):
       if length not in compiled:
-        compiled[length] = chunk.lower(state, images, labels, order, first,
-                                       length=length).compile()
+        compiled[length] = _ahead_of_time(chunk, state, images, labels, order, first,
+                                          length=length)
         progress.mark(step)
       state, stacked = parallel.bounded_dispatch(
           compiled[length](state, images, labels, order, first), dp.num_devices)
       step += length
       yield state, step, stacked
+
+
+def _ahead_of_time(jitted, *args, **static):
+  """jitted compiled now (so compile time stays off the clock), as a callable
+  of the non-static args. Under jax_debug_nans the jitted function itself:
+  only it checks its outputs and re-runs op by op to name the culprit."""
+  if jax.config.jax_debug_nans:
+    return functools.partial(jitted, **static)
+  return jitted.lower(*args, **static).compile()
 
 
 def _memory_batches(pipe: pipeline.InMemoryPipeline, start_step: int) -> Iterator[dict]:
@@ -417,7 +557,7 @@ def _streaming_chunks(batches, dp: parallel.DataParallel, state, step_fn, start_
   for step in range(start_step + 1, total_steps + 1):
     batch = next(batches)
     if compiled is None:
-      compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()
+      compiled = _ahead_of_time(jax.jit(step_fn, donate_argnums=0), state, batch)
       progress.mark(step - 1)
     state, step_metrics = parallel.bounded_dispatch(compiled(state, batch), dp.num_devices)
     yield state, step, jax.tree.map(lambda x: x[None], step_metrics)

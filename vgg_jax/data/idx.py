@@ -6,6 +6,7 @@ Any mismatch raises DataError naming the file.
 """
 
 import gzip
+import zlib
 import os
 import struct
 from typing import Dict, Tuple
@@ -30,7 +31,7 @@ def read_idx(path: str) -> np.ndarray:
   try:
     with opener(path, "rb") as f:
       raw = f.read()
-  except (OSError, EOFError) as e:
+  except (OSError, EOFError, zlib.error) as e:  # Missing, truncated or corrupted.
     raise DataError(f"cannot read IDX file {path}: {e}") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES:
     raise DataError(f"{path} is not an IDX file: bad magic number {raw[:4].hex() or 'empty'}")
