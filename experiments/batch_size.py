@@ -111,8 +111,8 @@ def analyze(exp: common.Experiment, num_train: int = 0):
     ax.set_xlabel(label)
     ax.set_ylabel("validation loss")
     ax.set_yscale("log")
-  axes[1].set_xscale("log")
-  axes[2].set_xscale("log")
+  for ax in axes:
+    ax.set_xscale("log")
   axes[0].set_title("per epoch (same data seen)")
   axes[1].set_title("per step (same number of updates)")
   axes[2].set_title("per second (what you wait for)")

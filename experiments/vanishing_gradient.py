@@ -135,7 +135,7 @@ def analyze(exp: common.Experiment):
       ("trained_norms", "after training (best learning rate)", "grad_norms_trained.png")):
     fig, axes = plt.subplots(len(config.inits), len(config.activations),
                              figsize=(4.6 * len(config.activations), 3.8 * len(config.inits)),
-                             squeeze=False, sharey=True)
+                             squeeze=False, sharey=True, constrained_layout=True)
     colors = report.colors(len(config.depths), "viridis")
     for i, init in enumerate(config.inits):
       for j, act in enumerate(config.activations):
@@ -147,7 +147,8 @@ def analyze(exp: common.Experiment):
                     label=f"{depth} hidden")
         ax.set_yscale("log")
         ax.set_title(f"{act}, {_init_name(init, act)}")
-        ax.set_xlabel("layer (1 = first hidden, last = output)")
+        if i == len(config.inits) - 1:
+          ax.set_xlabel("layer (1 = first hidden, last = output)")
         if j == 0:
           ax.set_ylabel("weight-gradient norm")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
@@ -225,6 +226,12 @@ def _reading(cells, config) -> str:
                 f"{report.fmt(r_relu)} for ReLU.")
     text.append(f"Test accuracy there: sigmoid {report.pm(*sig['test_acc'], digits=3)}, ReLU "
                 f"{report.pm(*relu['test_acc'], digits=3)}.")
+  relu_modern = get("modern", "relu")
+  if relu and relu_modern and relu_modern["test_acc"][0] > relu["test_acc"][0] + 0.05:
+    text.append(f"ReLU alone is not the whole fix: with the classic small init the "
+                f"{deep}-layer ReLU net reaches only {report.fmt(relu['test_acc'][0], 3)}, "
+                f"with He init {report.fmt(relu_modern['test_acc'][0], 3)} (the classic init "
+                "shrinks the signal by a constant factor per layer).")
   four = cells.get(("classic", "sigmoid", 4))
   if four is not None and len(four["init_norms"]) >= 5:
     speed = four["init_norms"][3] / four["init_norms"][0]

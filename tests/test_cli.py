@@ -41,7 +41,29 @@ BAD_INPUTS = [
     (["--config.head=binary"], "head"),  # digits have 10 classes.
     (["--config.dataset.classes=(3,33)"], "dataset.classes"),
     (["--config.optimizer.schedule=warmup_cosine"], "optimizer.warmup_steps"),
+    # A schedule longer than training.
+    (["--config.optimizer.schedule=warmup_cosine", "--config.optimizer.warmup_steps=100000"],
+     "optimizer.warmup_steps"),
+    (["--config.num_devices=3"], "num_devices"),  # This process sees 1 device.
+    (["--config.parallelism=tpu"], "parallelism"),
+    (["--config.eval_train_examples=-1"], "eval_train_examples"),
+    (["--config.model.input_dropout_rate=1.5"], "model.input_dropout_rate"),
+    # Sweeps: a vmapped axis may not change shapes; axes keep their key's type.
+    (['--config.sweep=[{"optimizer.learning_rate": [0.1, 0.2]}]'], "optimizer.learning_rate"),
+    (['--config.sweep=[{"seed": 1.5}]'], "seed"),
+    (['--config.sweep=[{"model.activation": 3}]'], "model.activation"),
+    (['--config.sweep=[{"model.hidden_sizes": [0]}]'], "model.hidden_sizes"),
+    (["--config.sweep=notjson"], "sweep"),
 ]
+
+
+def test_batch_not_divisible_by_devices_is_refused(tmp_path):
+  proc = run_cli([DEFAULT, "--config.batch_size=60", "--config.num_devices=8"],
+                 workdir=tmp_path / "run",
+                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+  assert " batch_size=60" in proc.stderr and "multiple of the 8 devices" in proc.stderr
+  assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("overrides,key", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])

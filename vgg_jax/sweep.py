@@ -76,7 +76,10 @@ def to_config(runs: List[Run]) -> str:
 def runs_from_config(config: ml_collections.ConfigDict) -> List[Run]:
   if not config.sweep:
     return []
-  runs = json.loads(config.sweep) if isinstance(config.sweep, str) else list(config.sweep)
+  try:
+    runs = json.loads(config.sweep) if isinstance(config.sweep, str) else list(config.sweep)
+  except ValueError:
+    runs = None
   if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
     raise ConfigError("sweep", config.sweep, "a JSON list of {key: value} run overrides")
   return runs
@@ -104,8 +107,20 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Run):
     if parts[-1] not in parent:
       raise ConfigError(f"sweep axis {key}", value, "an existing config key")
     old = parent[parts[-1]]
-    parent[parts[-1]] = type(old)(value) if isinstance(old, (int, float)) and not isinstance(
-        old, bool) and isinstance(value, (int, float)) else value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in VMAPPED and not number:  # Stacked per model: one number each, same shapes.
+      raise ConfigError(f"sweep axis {key}", value, "one number per run (a vmapped value)")
+    if isinstance(old, int) and not isinstance(old, bool) and number:
+      if float(value) != int(value):
+        raise ConfigError(f"sweep axis {key}", value, "an integer")
+      value = int(value)
+    elif isinstance(old, float) and number:
+      value = float(value)
+    try:
+      parent[parts[-1]] = value
+    except TypeError:
+      raise ConfigError(f"sweep axis {key}", value,
+                        f"a value of the key's type ({type(old).__name__})") from None
   config.sweep = ""
   return config
 
