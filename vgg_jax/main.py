@@ -30,6 +30,8 @@ flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", "-1")),
                      "This process's index in a multi-process run.")
 flags.DEFINE_string("sweep_shard", "0/1", "For a config with a sweep: run i of every n "
                     "runs (i/n), so n workers split the list.")
+flags.DEFINE_float("peer_timeout", 60.0, "Multi-process runs: seconds without a heartbeat from "
+                   "another process before this one stops with a clear error (0: off).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() and let it find the "
                   "cluster (TPU pods, SLURM).")
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
@@ -47,7 +49,8 @@ def main(argv):
     config_validation.validate(config)
     from vgg_jax import parallel, sweep, train  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id, auto=FLAGS.multihost)
+                                    FLAGS.process_id, auto=FLAGS.multihost,
+                                    peer_timeout_s=FLAGS.peer_timeout)
     if config.sweep:
       results = sweep.run_sweep(config, FLAGS.workdir, FLAGS.sweep_shard)
       for r in results:

@@ -18,6 +18,10 @@ code is the same for one process and for a pod.
 
 import dataclasses
 import logging
+import os
+import sys
+import threading
+import time
 from typing import Any
 
 import jax
@@ -31,11 +35,15 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                           process_id: int = -1, auto: bool = False) -> None:
+                           process_id: int = -1, auto: bool = False,
+                           peer_timeout_s: float = 60.0) -> None:
   """Joins a multi-process JAX system before any computation.
 
   Explicit values (flags) win; `auto` lets JAX find them itself, as on TPU
-  pods and SLURM clusters. With neither, this is a single-process run.
+  pods and SLURM clusters. With neither, this is a single-process run. In a
+  multi-process run a PeerWatchdog ends this process with one clear line
+  when a peer goes silent for peer_timeout_s (JAX itself would abort with
+  a stack dump only after its 100 s heartbeat timeout).
   """
   if coordinator_address:
     jax.distributed.initialize(coordinator_address=coordinator_address,
@@ -46,6 +54,60 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
     return
   logger.info("process %d of %d; %d local / %d global devices", jax.process_index(),
               jax.process_count(), jax.local_device_count(), jax.device_count())
+  if jax.process_count() > 1 and peer_timeout_s > 0:
+    PeerWatchdog(peer_timeout_s).start()
+
+
+class PeerWatchdog:
+  """Heartbeats through the coordination service's key-value store.
+
+  Each process bumps its own counter every timeout/5 seconds from a daemon
+  thread (so a long compile or step does not count as silence) and watches
+  the others'. A peer whose counter has not moved for `timeout` seconds, or
+  a coordinator that no longer answers, ends this process (exit code 3)
+  with one line on stderr, instead of a hang in the next collective.
+  Restarting every process with the same command resumes from the last
+  checkpoint.
+  """
+
+  EXIT_CODE = 3
+
+  def __init__(self, timeout: float):
+    self.timeout = timeout
+
+  def start(self) -> None:
+    threading.Thread(target=self._run, name="vgg_jax-peer-watchdog", daemon=True).start()
+
+  def _run(self) -> None:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    client = distributed.global_state.client
+    me, count = jax.process_index(), jax.process_count()
+    seen = {p: (None, time.monotonic()) for p in range(count) if p != me}
+    beat = 0
+    while True:
+      now = time.monotonic()
+      try:
+        beat += 1
+        client.key_value_set(f"vgg_jax/heartbeat/{me}", str(beat), allow_overwrite=True)
+        for peer, (value, since) in seen.items():
+          try:
+            current = client.key_value_try_get(f"vgg_jax/heartbeat/{peer}")
+          except Exception:  # pylint: disable=broad-except  # Not written yet.
+            current = None
+          if current != value:
+            seen[peer] = (current, now)
+          elif now - since > self.timeout:
+            self._stop(f"process {peer} of {count} sent no heartbeat for "
+                       f"{now - since:.0f} s (preempted or crashed)")
+      except Exception as e:  # pylint: disable=broad-except
+        self._stop(f"lost the coordinator (process 0): {str(e).splitlines()[0][:120]}")
+      time.sleep(self.timeout / 5)
+
+  def _stop(self, why: str) -> None:
+    print(f"vgg_jax: {why}; process {jax.process_index()} stops too. Restart every process "
+          "with the same command: the run resumes from its last checkpoint.",
+          file=sys.stderr, flush=True)
+    os._exit(self.EXIT_CODE)  # pylint: disable=protected-access
 
 
 def resolve_num_devices(requested: int) -> int:
