@@ -57,6 +57,8 @@ def get_config(mode: str):
   config.seeds = common.seeds(mode)
   config.vgg_seeds = {"smoke": (0,), "quick": (0, 1), "full": (0, 1, 2, 3, 4)}[mode]
   config.evals_per_run = {"smoke": 2, "quick": 20, "full": 40}[mode]
+  # A VGG eval (validation + test) costs about 100 training steps here: fewer of them.
+  config.vgg_evals_per_run = {"smoke": 2, "quick": 6, "full": 20}[mode]
   config.target_accuracy = {"smoke": 0.5, "quick": 0.83, "full": 0.88}[mode]
   config.vgg_target_accuracy = {"smoke": 0.3, "quick": 0.75, "full": 0.9}[mode]
   config.surface_steps = {"smoke": 40, "quick": 400, "full": 1000}[mode]
@@ -261,9 +263,10 @@ def _plot_surfaces(results, png_path, gif_path, frames: int):
 
 def train(exp: common.Experiment):
   config = exp.config
-  for model, seeds in (("mlp", config.seeds), ("vgg", config.vgg_seeds)):
+  for model, seeds, evals in (("mlp", config.seeds, config.evals_per_run),
+                              ("vgg", config.vgg_seeds, config.vgg_evals_per_run)):
     train_config = config[model]
-    train_config.eval_every_steps = common.eval_every(train_config, config.evals_per_run)
+    train_config.eval_every_steps = common.eval_every(train_config, evals)
     exp.sweep(model, train_config, _runs(config, seeds))
   analyze(exp)
 

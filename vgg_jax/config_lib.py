@@ -69,6 +69,18 @@ def base_config() -> ml_collections.ConfigDict:
   # VGG only: how 3x3 convs and 2x2 pools compile. auto: im2col + matmul on
   # CPU (XLA's CPU conv is slow), XLA's native conv on GPU/TPU.
   c.model.conv_lowering = "auto"
+  # VGG only: ImageNet weights to start from, a Keras .h5 or a torchvision
+  # .pth/.safetensors file (see vgg_jax/pretrained.py; never downloaded). The
+  # input preprocessing then follows the weights. pretrained_layers: "all",
+  # or "conv" for inputs whose FC shapes differ from ImageNet's 224x224. The
+  # head is replaced whenever its class count differs.
+  c.model.pretrained = ""
+  c.model.pretrained_layers = "all"
+  # Train only part of the net: "conv" freezes the conv base, "all_but_head"
+  # everything but the head (the one-epoch fine-tune of the seed).
+  c.model.freeze = "none"
+  # With a frozen base: compute its features once and train the rest on them.
+  c.model.cache_features = False
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"

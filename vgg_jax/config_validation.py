@@ -105,6 +105,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number(config, "model.width_multiplier", 0, low_open=True)
     _choice(config, "model.conv_lowering", models.conv.CONV_LOWERINGS)
     _positive_ints(config, "model.classifier_sizes", allow_empty=True)
+  _choice(config, "model.freeze", ("none", "conv", "all_but_head"))
+  _choice(config, "model.pretrained_layers", ("all", "conv"))
+  m = config.model
+  if (m.pretrained or m.freeze != "none") and m.name == "mlp":
+    raise ConfigError("model.name", m.name, "a VGG (vgg11/13/16/19) with model.pretrained or "
+                      "model.freeze")
+  if m.pretrained and (m.batch_norm or m.width_multiplier != 1.0):
+    raise ConfigError("model.width_multiplier" if m.width_multiplier != 1.0 else
+                      "model.batch_norm", m.width_multiplier if m.width_multiplier != 1.0
+                      else m.batch_norm, "1.0 and no batch norm: ImageNet VGG weights are "
+                      "full width without BN")
+  if m.freeze != "none" and not m.pretrained:
+    raise ConfigError("model.pretrained", m.pretrained, "a Keras .h5 or torchvision .pth/"
+                      ".safetensors weights file when model.freeze is set (a frozen random "
+                      "base learns nothing); get one from keras.applications or torchvision "
+                      "on a machine with network")
+  if m.cache_features:
+    if m.freeze == "none":
+      raise ConfigError("model.cache_features", True, "False unless model.freeze is conv or "
+                        "all_but_head (only a frozen base's features can be cached)")
+    if config.dataset.crop_padding or config.dataset.flip:
+      raise ConfigError("model.cache_features", True, "False with augmentation (crop_padding, "
+                        "flip): cached features see each image once")
+    if config.dataset.pipeline == "streaming":
+      raise ConfigError("model.cache_features", True, "False with the streaming pipeline")
 
   _validate_dataset(config)
 

@@ -65,12 +65,15 @@ def schedule_shape(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sc
   raise KeyError(cfg.schedule)
 
 
-def create_optimizer(cfg: ml_collections.ConfigDict,
-                     total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+def create_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
+                     frozen=None) -> tuple[optax.GradientTransformation, Callable]:
   """Returns (tx, shape): the Optax chain and its schedule shape.
 
   The effective learning rate at step t is
-  ``opt_state.hyperparams['learning_rate'] * shape(t)``.
+  ``opt_state.hyperparams['learning_rate'] * shape(t)``. `frozen` (a pytree
+  of bools like the params, or a function of the params giving one) marks
+  parameters whose updates are set to exactly zero, whatever the optimizer,
+  weight decay or schedule.
   """
   shape = schedule_shape(cfg, total_steps)
 
@@ -82,6 +85,8 @@ def create_optimizer(cfg: ml_collections.ConfigDict,
       parts.append(optax.add_decayed_weights(weight_decay))
     parts.append(_base_optimizer(cfg, learning_rate, momentum, weight_decay))
     parts.append(optax.scale_by_schedule(shape))
+    if frozen is not None:
+      parts.append(optax.masked(optax.set_to_zero(), frozen))
     return optax.chain(*parts)
 
   # float32, not weakly typed: a sweep that writes its own arrays into

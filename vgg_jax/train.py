@@ -13,6 +13,7 @@ augmentation on fold_in(rng, step), so a run restarted from a checkpoint at
 step s sees the same batches, masks and crops as an uninterrupted one.
 """
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -29,7 +30,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from vgg_jax import checkpoint, config_validation, data, faults, metrics, models, optim, parallel
+from vgg_jax import (checkpoint, config_validation, data, faults, finetune, metrics, models,
+                     optim, parallel)
 from vgg_jax.data import pipeline
 from vgg_jax.errors import ConfigError, DivergedError, UserError
 from vgg_jax.models import common
@@ -221,6 +223,65 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.replace(tmp, path)
 
 
+MODEL_INFO_FILE = "model_info.json"
+
+
+def _write_model_info(config, info, workdir: str) -> None:
+  """What predict needs besides the checkpoint: classes and input preprocessing."""
+  record = {"class_names": list(info.class_names), "image_shape": list(info.image_shape),
+            "mean": list(info.mean), "std": list(info.std), "head": config.head,
+            "cache_features": bool(config.model.cache_features)}
+  tmp = os.path.join(workdir, MODEL_INFO_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1)
+  os.replace(tmp, os.path.join(workdir, MODEL_INFO_FILE))
+
+
+def restore_for_inference(workdir: str):
+  """(model, variables, model_info, head) from a run's newest checkpoint.
+
+  For a run on cached features, the checkpoint holds the classifier; the
+  frozen base comes from the pretrained file again, making a whole VGG.
+  """
+  paths = [os.path.join(workdir, f) for f in ("config.json", MODEL_INFO_FILE)]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise UserError(f"{workdir} holds no trained run ({', '.join(missing)} missing)")
+  with open(paths[0]) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(paths[1]) as f:
+    info = json.load(f)
+  head = models.get_head(config.head)
+  num_outputs = head.num_outputs(len(info["class_names"]))
+  full = models.create_model(config.model, num_outputs, config.dtype)
+  shape = tuple(info["image_shape"])
+  rng = jax.random.PRNGKey(0)
+  if config.model.cache_features:
+    features = jax.eval_shape(
+        lambda x: full.init_with_output(rng, x, train=False, cut=finetune.cut_for(config.model))[0],
+        jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
+    tx, _ = optim.create_optimizer(config.optimizer, 1)
+    state = create_train_state(rng, finetune.classifier_for(config.model, num_outputs), tx,
+                               features.shape[1:])
+  else:
+    tx, _ = optim.create_optimizer(config.optimizer, 1, finetune.frozen_fn(config.model.freeze))
+    state = create_train_state(rng, full, tx, shape)
+  manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
+  state, step, _ = checkpoint.restore_latest(manager, state)
+  manager.close()
+  if not step:
+    raise UserError(f"{workdir} has no checkpoint yet")
+  params = state.params
+  if config.model.cache_features:
+    base = _jitted_init(full)(rng, jnp.zeros((1,) + shape, jnp.float32))["params"]
+    base, _ = finetune.apply_pretrained(config.model, base, shape[-1])
+    params = finetune.full_params(base, params)
+  variables = {"params": params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return full, variables, info, head
+
+
 def crossed(every: int, before: int, after: int) -> bool:
   """Whether a multiple of `every` lies in (before, after]."""
   return after // every > before // every
@@ -371,16 +432,34 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
   head = models.get_head(config.head)
   model = models.create_model(config.model, head.num_outputs(info.num_classes), config.dtype,
                               bn_axis_name=PMAP_AXIS if use_pmap else None)
-  tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps)
+  tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps,
+                                        finetune.frozen_fn(config.model.freeze))
   state = create_train_state(jax.random.PRNGKey(config.seed), model, tx, info.image_shape)
+  image_info = info
+  if config.model.pretrained:
+    params, weights_preprocessing = finetune.apply_pretrained(config.model, state.params,
+                                                              info.image_shape[-1])
+    state = state.replace(params=params)
+    info = image_info = dataclasses.replace(info, mean=tuple(weights_preprocessing["mean"]),
+                                            std=tuple(weights_preprocessing["std"]))
+  os.makedirs(workdir, exist_ok=True)
+  if config.model.cache_features:
+    dataset, model, params = finetune.cache_features(
+        config, dataset, model, state.params,
+        make_preprocess(info.mean, info.std, common.DTYPES[config.dtype]), workdir,
+        head.num_outputs(info.num_classes))
+    info = dataset.info
+    tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps)
+    state = create_train_state(jax.random.PRNGKey(config.seed), model, tx, info.image_shape)
+    state = state.replace(params=params)
   logger.info("%s on %s (%s): %s params, %d train examples, %d steps (%d per epoch)",
               config.model.name, info.name, info.source,
               f"{sum(x.size for x in jax.tree.leaves(state.params)):,}", num_train, total_steps,
               steps_per_epoch)
 
-  os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     _write_config(config, workdir)
+    _write_model_info(config, image_info, workdir)
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
   state, start_step, rows_snapshot = checkpoint.restore_latest(manager, state)
   metrics.write_status(workdir, "running", step=start_step, total_steps=total_steps)

@@ -17,8 +17,11 @@ from vgg_jax import data as data_lib
 
 
 def normalize(images, mean: Sequence[float], std: Sequence[float], dtype=jnp.float32):
-  """uint8 pixels -> standardized floats. Meant to run inside jit."""
-  x = images.astype(jnp.float32) / 255.0
+  """uint8 pixels -> standardized floats (float inputs, e.g. cached features,
+  skip the /255). Meant to run inside jit."""
+  x = images.astype(jnp.float32)
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    x = x / 255.0
   x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
   return x.astype(dtype)
 

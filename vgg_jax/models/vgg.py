@@ -55,7 +55,10 @@ class VGG(nn.Module):
   conv_lowering: str = "auto"
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, cut: Optional[str] = None):
+    """Logits; or, with cut="conv", the flattened conv features, and with
+    cut="fc", the last FC layer's activations (what a frozen base hands a
+    new head)."""
     height, width = x.shape[1:3]
     if min(height, width) < min_input_size(self.stages):
       raise ValueError(
@@ -75,8 +78,41 @@ class VGG(nn.Module):
         x = act(x)
       x = conv.max_pool2x2(x, self.conv_lowering)
     x = x.reshape((x.shape[0], -1))
-    for j, size in enumerate(self.classifier_sizes, start=1):
-      x = nn.Dense(size, kernel_init=init, dtype=self.dtype, name=f"fc{j}")(x)
+    if cut == "conv":
+      return x
+    return classifier(self, x, train=train, cut=cut)
+
+
+def classifier(module, x, *, train: bool, start: str = "conv", cut: Optional[str] = None):
+  """The FC-ReLU-Dropout blocks and the head, created in `module`'s scope with
+  the names fc{j} and head; from the conv features (start="conv") or from the
+  last FC activations (start="fc": dropout, then the head only)."""
+  act = common.activation(module.activation)
+  init = common.kernel_init(module.kernel_init)
+  if start == "conv":
+    for j, size in enumerate(module.classifier_sizes, start=1):
+      x = nn.Dense(size, kernel_init=init, dtype=module.dtype, name=f"fc{j}")(x)
       x = act(x)
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype, name="head")(x)
+      if cut == "fc" and j == len(module.classifier_sizes):
+        return x
+      x = nn.Dropout(module.dropout_rate, deterministic=not train)(x)
+  elif module.classifier_sizes:
+    x = nn.Dropout(module.dropout_rate, deterministic=not train)(x)
+  return nn.Dense(module.num_outputs, kernel_init=init, dtype=module.dtype, name="head")(x)
+
+
+class VGGClassifier(nn.Module):
+  """A VGG's classifier alone, on cached features: the same parameter names
+  (fc{j}, head) as the full VGG, so its params are a subset of the VGG's."""
+
+  num_outputs: int
+  classifier_sizes: Sequence[int] = (4096, 4096)
+  dropout_rate: float = 0.5
+  activation: str = "relu"
+  kernel_init: str = "he_normal"
+  dtype: Any = jnp.float32
+  start: str = "conv"  # conv: features are the flattened conv output; fc: the last FC's.
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    return classifier(self, x.reshape((x.shape[0], -1)), train=train, start=self.start)
