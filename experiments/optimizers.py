@@ -49,6 +49,9 @@ def get_config(mode: str):
   vgg.model.kernel_init = "he_normal"
   vgg.dataset.num_train_examples = {"smoke": -1, "quick": 4000, "full": -1}[mode]
   vgg.num_epochs = {"smoke": 1, "quick": 4, "full": 15}[mode]
+  vgg.eval_batch_size = 500
+  for train in (mlp, vgg):  # Choices and curves use validation; test is scored at the end.
+    train.test_every_eval = False
   config.mlp, config.vgg = mlp, vgg
   config.optimizers = ("sgd", "momentum", "adam") if mode == "smoke" else LINEAGE
   config.surface_optimizers = config.optimizers
@@ -58,7 +61,7 @@ def get_config(mode: str):
   config.vgg_seeds = {"smoke": (0,), "quick": (0, 1), "full": (0, 1, 2, 3, 4)}[mode]
   config.evals_per_run = {"smoke": 2, "quick": 20, "full": 40}[mode]
   # A VGG eval (validation + test) costs about 100 training steps here: fewer of them.
-  config.vgg_evals_per_run = {"smoke": 2, "quick": 6, "full": 20}[mode]
+  config.vgg_evals_per_run = {"smoke": 2, "quick": 4, "full": 20}[mode]
   config.target_accuracy = {"smoke": 0.5, "quick": 0.83, "full": 0.88}[mode]
   config.vgg_target_accuracy = {"smoke": 0.3, "quick": 0.75, "full": 0.9}[mode]
   config.surface_steps = {"smoke": 40, "quick": 400, "full": 1000}[mode]

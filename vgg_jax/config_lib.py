@@ -117,6 +117,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Also evaluate (no dropout, no augmentation) on the first N training
   # examples, as split "train_eval": the train side of a train-test gap.
   c.eval_train_examples = 0
+  # Sweeps: evaluate the test split at every eval (False: only at the end;
+  # curves and choices then use validation alone, and evals cost less).
+  c.test_every_eval = True
   # Sweep: a JSON list of {config key: value} overrides, one per run; build it
   # with vgg_jax.sweep.product / zip_ / axis in a config file. Empty: one run.
   c.sweep = ""

@@ -128,8 +128,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.dataset.crop_padding or config.dataset.flip:
       raise ConfigError("model.cache_features", True, "False with augmentation (crop_padding, "
                         "flip): cached features see each image once")
-    if config.dataset.pipeline == "streaming":
-      raise ConfigError("model.cache_features", True, "False with the streaming pipeline")
+    if config.dataset.pipeline != "memory":
+      raise ConfigError("dataset.pipeline", config.dataset.pipeline, "memory with "
+                        "model.cache_features (features are computed from in-memory arrays)")
 
   _validate_dataset(config)
 

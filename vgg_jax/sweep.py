@@ -403,7 +403,9 @@ class GroupProgram:
       alive_host = np.asarray(jax.device_get(alive))
       means = {"train": {k: np.asarray(v) / count for k, v in sums.items()}}
       sums, count = None, 0
-      for split in eval_splits:
+      splits = [s for s in eval_splits
+                if s != "test" or config.test_every_eval or step == total_steps]
+      for split in splits:
         means[split] = train.eval_means(self.eval_fn, states,
                                         pipe.eval_batches(split, config.eval_batch_size))
       rows = []
@@ -411,7 +413,7 @@ class GroupProgram:
         status = "done" if step == total_steps else "running"
         if not alive_host[j]:
           status = "diverged"
-        for split in ("train", *eval_splits):
+        for split in ("train", *splits):
           row = {"step": step, "epoch": round(step / spe, 4), "split": split,
                  "loss": float(means[split]["loss"][j]),
                  "accuracy": float(means[split]["accuracy"][j]),
@@ -423,8 +425,8 @@ class GroupProgram:
       self._write_probes(states, step, members, probe_writer)  # Before "done" lands.
       writer.write_many(rows)
       faults.maybe_kill("sweep_eval", step)
-      logger.info("sweep step %d/%d: test accuracy %s", step, total_steps,
-                  " ".join(f"{last[r]['test']['accuracy']:.3f}" for r, _ in members))
+      logger.info("sweep step %d/%d: %s accuracy %s", step, total_steps, splits[-1],
+                  " ".join(f"{last[r][splits[-1]]['accuracy']:.3f}" for r, _ in members))
     return [{"run_id": run_id, **overrides, **{f"{s}_{k}": last[run_id][s][k]
                                                for s in eval_splits for k in ("loss", "accuracy")},
              "status": last[run_id][eval_splits[-1]]["status"]} for run_id, overrides in members]
