@@ -81,6 +81,7 @@ class Experiment:
 
   def write_results(self) -> List[report.Row]:
     """DIR/results.csv: every phase's rows, a `phase` column first."""
+    os.makedirs(self.workdir, exist_ok=True)
     rows, fields = [], ["phase", "run_id"]
     for phase in self.phases:
       phase_rows = self.rows(phase)
@@ -136,7 +137,6 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
       for value in config.values():  # The vgg_jax configs inside, before anything runs.
         if isinstance(value, ml_collections.ConfigDict) and "optimizer" in value:
           config_validation.validate(value)
-      os.makedirs(FLAGS.workdir, exist_ok=True)
       train_and_analyze(exp)
     except UserError as e:
       cli.fail(str(e), prog=name)

@@ -110,3 +110,10 @@ def test_config_override_and_bad_override(tmp_path):
   assert len(bad.stderr.strip().splitlines()) == 1
   assert "batch_size" in bad.stderr
   assert not (tmp_path / "bad").exists()
+  missing = run_experiment("learning_rate", tmp_path / "nodata", "--config.train.dataset.name=mnist",
+                           f"--config.train.dataset.idx_dir={tmp_path / 'none'}",
+                           f"--config.train.dataset.data_dir={tmp_path / 'none'}",
+                           "--config.train.dataset.download=False")
+  assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+  assert "dataset mnist not found" in missing.stderr
+  assert not (tmp_path / "nodata").exists()
