@@ -160,10 +160,16 @@ def train_config(mode: str) -> ml_collections.ConfigDict:
   return config
 
 
+_NUM_TRAIN: Dict[str, int] = {}  # Dataset config (JSON) -> training examples: load once.
+
+
 def num_train(train_config: ml_collections.ConfigDict) -> int:
   """Training examples after the validation carve and any subset."""
-  from vgg_jax import data  # pylint: disable=g-import-not-at-top
-  return data.load(train_config.dataset).num_train
+  key = json.dumps(train_config.dataset.to_dict(), sort_keys=True, default=str)
+  if key not in _NUM_TRAIN:
+    from vgg_jax import data  # pylint: disable=g-import-not-at-top
+    _NUM_TRAIN[key] = data.load(train_config.dataset).num_train
+  return _NUM_TRAIN[key]
 
 
 def eval_every(train_config: ml_collections.ConfigDict, evals: int) -> int:

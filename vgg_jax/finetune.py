@@ -14,6 +14,7 @@ features are kept in workdir/features.npz, and training continues on a
 VGGClassifier holding only the trainable layers, under the same names.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vgg_jax import pretrained
+from vgg_jax import data, pretrained
 from vgg_jax.errors import ConfigError
 from vgg_jax.models.vgg import VGGClassifier
 
@@ -88,8 +89,6 @@ def cache_features(config, dataset, model, params, preprocess, workdir: str, num
   The base runs once per split in eval mode; its outputs are saved to
   workdir/features.npz and reused while the config and weights file match.
   """
-  from vgg_jax import data  # pylint: disable=g-import-not-at-top
-  import dataclasses  # pylint: disable=g-import-not-at-top
   cut = cut_for(config.model)
   key = _cache_key(config, cut)
   path = os.path.join(workdir, FEATURES_FILE)
@@ -136,9 +135,3 @@ def classifier_for(model_config, num_outputs: int) -> VGGClassifier:
 def classifier_layers(model_config):
   names = [f"fc{j}" for j in range(1, len(model_config.classifier_sizes) + 1)]
   return (names if cut_for(model_config) == "conv" else []) + ["head"]
-
-
-def full_params(base_params, classifier_params):
-  """A whole VGG's params from the frozen base's and a trained classifier's."""
-  return {**base_params, **classifier_params}
-

@@ -31,12 +31,17 @@ def write_status(workdir: str, status: str, **fields) -> None:
   assert status in STATUSES, status
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, STATUS_FILE)
-  record = {"status": status, **fields,
-            "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  write_json(os.path.join(workdir, STATUS_FILE), {
+      "status": status, **fields,
+      "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+
+
+def write_json(path: str, record, **dump_options) -> None:
+  """Writes JSON atomically (temp file, then rename): a reader or a kill never
+  leaves half a file."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(record, f, indent=1)
+    json.dump(record, f, **{"indent": 1, **dump_options})
     f.write("\n")
   os.replace(tmp, path)
 

@@ -12,7 +12,6 @@ from Keras's cache (~/.keras/models/imagenet_class_index.json), else the
 class index is printed.
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -58,4 +57,3 @@ def main(argv):
 
 if __name__ == "__main__":
   app.run(main, flags_parser=cli.parse_flags)
-  sys.exit(0)

@@ -10,7 +10,7 @@ import math
 import os
 import platform
 import sys
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
@@ -180,9 +180,8 @@ def colors(n: int, cmap: str = "viridis") -> List:
   return [cm(x) for x in (np.linspace(0.0, 0.9, n) if n > 1 else [0.0])]
 
 
-def plot_curves(ax, series: Sequence[Tuple[str, np.ndarray, np.ndarray, object]],
-                style: Callable = lambda label: {}) -> None:
+def plot_curves(ax, series: Sequence[Tuple[str, np.ndarray, np.ndarray, object]]) -> None:
   """Lines with NaN/Inf points left out (a diverged run's line just ends)."""
   for label, xs, ys, color in series:
     ok = np.isfinite(ys)
-    ax.plot(xs[ok], ys[ok], color=color, label=label, **style(label))
+    ax.plot(xs[ok], ys[ok], color=color, label=label)

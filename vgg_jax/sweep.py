@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -162,8 +162,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1
     groups.setdefault(_group_key(r), []).append((i, r))
   results = []
   start = time.time()
+  datasets = {}  # Groups usually share their data: load it once.
   for members in groups.values():
-    results += train_group(configs[members[0][0]], members, writer, start, probe, probe_writer)
+    results += train_group(configs[members[0][0]], members, writer, start, probe, probe_writer,
+                           datasets)
   return results
 
 
@@ -209,9 +211,6 @@ class ResultsWriter:
 
   def finished_runs(self) -> set:
     return set(self._finished)
-
-  def write(self, run_id: int, overrides: Run, row: Dict) -> None:
-    self.write_many([(run_id, overrides, row)])
 
   def write_many(self, rows) -> None:
     if not self.enabled:
@@ -264,9 +263,17 @@ def _chunk_with_sums(*args, **kwargs):
 
 
 def train_group(config, members: List[Tuple[int, Run]], writer: ResultsWriter,
-                sweep_start: float, probe=None, probe_writer=None) -> List[Dict]:
-  """Trains one group of value-only variants, vmap_size models per program."""
-  dataset = data.load(config.dataset)
+                sweep_start: float, probe=None, probe_writer=None,
+                datasets: Optional[Dict] = None) -> List[Dict]:
+  """Trains one group of value-only variants, vmap_size models per program.
+
+  `datasets` caches loaded datasets by their config across groups.
+  """
+  datasets = {} if datasets is None else datasets
+  key = json.dumps(config.dataset.to_dict(), sort_keys=True, default=str)
+  if key not in datasets:
+    datasets[key] = data.load(config.dataset)
+  dataset = datasets[key]
   if not isinstance(dataset, data.Dataset):
     raise ConfigError("dataset.pipeline", config.dataset.pipeline,
                       "memory for sweeps (models share the device-resident data)")

@@ -57,11 +57,18 @@ def _jitted_init(model):
   return jax.jit(functools.partial(model.init, train=False))
 
 
+def init_variables(rng: jax.Array, model, image_shape) -> Dict[str, Any]:
+  """The model's initial variables, from the same key create_train_state uses."""
+  params_rng, _ = jax.random.split(rng)
+  return _jitted_init(model)(params_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+
+
 def create_train_state(rng: jax.Array, model, tx: optax.GradientTransformation,
-                       image_shape) -> TrainState:
-  params_rng, step_rng = jax.random.split(rng)
-  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  variables = _jitted_init(model)(params_rng, dummy)
+                       image_shape, params=None) -> TrainState:
+  """Initial state; `params` (e.g. pretrained ones) replaces the model's init."""
+  _, step_rng = jax.random.split(rng)
+  variables = {"params": params} if params is not None else init_variables(rng, model,
+                                                                           image_shape)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}), rng=step_rng)
 
@@ -215,12 +222,8 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  path = os.path.join(workdir, "config.json")
-  resolved = json.loads(config.to_json_best_effort())
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(resolved, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  metrics.write_json(os.path.join(workdir, "config.json"),
+                     json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
 
 
 MODEL_INFO_FILE = "model_info.json"
@@ -228,13 +231,10 @@ MODEL_INFO_FILE = "model_info.json"
 
 def _write_model_info(config, info, workdir: str) -> None:
   """What predict needs besides the checkpoint: classes and input preprocessing."""
-  record = {"class_names": list(info.class_names), "image_shape": list(info.image_shape),
-            "mean": list(info.mean), "std": list(info.std), "head": config.head,
-            "cache_features": bool(config.model.cache_features)}
-  tmp = os.path.join(workdir, MODEL_INFO_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=1)
-  os.replace(tmp, os.path.join(workdir, MODEL_INFO_FILE))
+  metrics.write_json(os.path.join(workdir, MODEL_INFO_FILE), {
+      "class_names": list(info.class_names), "image_shape": list(info.image_shape),
+      "mean": list(info.mean), "std": list(info.std), "head": config.head,
+      "cache_features": bool(config.model.cache_features)})
 
 
 def restore_for_inference(workdir: str):
@@ -256,7 +256,7 @@ def restore_for_inference(workdir: str):
   full = models.create_model(config.model, num_outputs, config.dtype)
   shape = tuple(info["image_shape"])
   rng = jax.random.PRNGKey(0)
-  if config.model.cache_features:
+  if config.model.cache_features:  # The checkpoint holds the classifier's state.
     features = jax.eval_shape(
         lambda x: full.init_with_output(rng, x, train=False, cut=finetune.cut_for(config.model))[0],
         jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
@@ -273,9 +273,9 @@ def restore_for_inference(workdir: str):
     raise UserError(f"{workdir} has no checkpoint yet")
   params = state.params
   if config.model.cache_features:
-    base = _jitted_init(full)(rng, jnp.zeros((1,) + shape, jnp.float32))["params"]
-    base, _ = finetune.apply_pretrained(config.model, base, shape[-1])
-    params = finetune.full_params(base, params)
+    base, _ = finetune.apply_pretrained(config.model, init_variables(rng, full, shape)["params"],
+                                        shape[-1])
+    params = {**base, **params}
   variables = {"params": params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
@@ -336,13 +336,12 @@ class _TrainRows:
   def add(self, first_step: int, stacked) -> None:
     self._device.append((first_step, stacked))
 
-  def rows_through(self, boundaries) -> Iterator[Tuple[int, Dict[str, float], int]]:
-    """Yields (step, means, first step) for each boundary, in order."""
+  def rows_through(self, boundaries) -> Iterator[Tuple[int, Dict[str, float]]]:
+    """Yields (step, means since the previous row) for each boundary, in order."""
     self._fetch()
     for b in boundaries:
       window = (self._steps > self.last_logged) & (self._steps <= b)
-      means = {k: float(np.mean(v[window])) for k, v in self._host.items()}
-      yield b, means, self.last_logged + 1
+      yield b, {k: float(np.mean(v[window])) for k, v in self._host.items()}
       self.last_logged = b
     keep = self._steps > self.last_logged
     self._steps = self._steps[keep]
@@ -432,26 +431,23 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
   head = models.get_head(config.head)
   model = models.create_model(config.model, head.num_outputs(info.num_classes), config.dtype,
                               bn_axis_name=PMAP_AXIS if use_pmap else None)
-  tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps,
-                                        finetune.frozen_fn(config.model.freeze))
-  state = create_train_state(jax.random.PRNGKey(config.seed), model, tx, info.image_shape)
-  image_info = info
+  rng = jax.random.PRNGKey(config.seed)
+  image_info, params, frozen = info, None, finetune.frozen_fn(config.model.freeze)
   if config.model.pretrained:
-    params, weights_preprocessing = finetune.apply_pretrained(config.model, state.params,
-                                                              info.image_shape[-1])
-    state = state.replace(params=params)
+    params, weights_preprocessing = finetune.apply_pretrained(
+        config.model, init_variables(rng, model, info.image_shape)["params"],
+        info.image_shape[-1])
     info = image_info = dataclasses.replace(info, mean=tuple(weights_preprocessing["mean"]),
                                             std=tuple(weights_preprocessing["std"]))
   os.makedirs(workdir, exist_ok=True)
-  if config.model.cache_features:
+  if config.model.cache_features:  # From here on the model is the trainable classifier.
     dataset, model, params = finetune.cache_features(
-        config, dataset, model, state.params,
+        config, dataset, model, params,
         make_preprocess(info.mean, info.std, common.DTYPES[config.dtype]), workdir,
         head.num_outputs(info.num_classes))
-    info = dataset.info
-    tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps)
-    state = create_train_state(jax.random.PRNGKey(config.seed), model, tx, info.image_shape)
-    state = state.replace(params=params)
+    info, frozen = dataset.info, None
+  tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps, frozen)
+  state = create_train_state(rng, model, tx, info.image_shape, params=params)
   logger.info("%s on %s (%s): %s params, %d train examples, %d steps (%d per epoch)",
               config.model.name, info.name, info.source,
               f"{sum(x.size for x in jax.tree.leaves(state.params)):,}", num_train, total_steps,
@@ -530,7 +526,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
       logged = list(rows.rows_through(boundaries))  # Waits for the device.
       train_rate = progress.rate(new_step)
       progress.mark(new_step)
-      for row_step, means, _ in logged:
+      for row_step, means in logged:
         writer.write(row_step, "train", {**means, "steps_per_sec": train_rate,
                                          "epoch": row_step / steps_per_epoch})
         logger.info("%s", progress.line(row_step, {"loss": means["loss"],

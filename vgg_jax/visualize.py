@@ -70,6 +70,7 @@ def block_outputs(model, variables, images, mean, std):
   """[(block name, maps [h, w, c])] after each block's pool, for images[0]."""
   import jax  # pylint: disable=g-import-not-at-top
   from vgg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from vgg_jax.models import conv  # pylint: disable=g-import-not-at-top
   _, state = model.apply(variables, pipeline.normalize(images, mean, std), train=False,
                          capture_intermediates=lambda mdl, method: mdl.name is not None
                          and mdl.name.startswith("conv") and method == "__call__",
@@ -80,13 +81,9 @@ def block_outputs(model, variables, images, mean, std):
   for n in names:  # The last conv of each stage, then its 2x2 pool.
     stage = n.split("_")[0]
     last[stage] = n
-  out = []
-  for stage, n in last.items():
-    x = np.asarray(jax.nn.relu(inter[n]["__call__"][0]))[0]
-    h, w = (x.shape[0] + 1) // 2 * 2, (x.shape[1] + 1) // 2 * 2
-    x = np.pad(x, ((0, h - x.shape[0]), (0, w - x.shape[1]), (0, 0)))
-    out.append((f"block {stage[4:]}", x.reshape(h // 2, 2, w // 2, 2, -1).max(axis=(1, 3))))
-  return out
+  return [(f"block {stage[4:]}",
+           np.asarray(conv.max_pool2x2(jax.nn.relu(inter[n]["__call__"][0]), "xla"))[0])
+          for stage, n in last.items()]
 
 
 def main(argv):

@@ -8,7 +8,6 @@ the image-folder source that configs/cats_vs_dogs.py:stand_in reads.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -60,4 +59,3 @@ def main(argv):
 
 if __name__ == "__main__":
   app.run(main, flags_parser=cli.parse_flags)
-  sys.exit(0)
