@@ -3,48 +3,76 @@
 The VGG16-CIFAR shape: 32x32x1 input, channels 64-128-256-512-512 (VGG16's
 13 convs), one 512 FC, 10 classes, batch 128, SGD + momentum, float32, one
 training step, at full width and at 1/4 width. Prints images/s per lowering
-(xla, im2col, shifted), a plain-torch model of the same shape, the ratio to
-PyTorch and the fraction of this machine's float32 matmul peak, in one run:
+(xla, im2col, shifted, blocked; `auto` is blocked on CPU), a plain-torch model
+of the same shape, the ratio to PyTorch and the fraction of this machine's
+float32 matmul peak, in one run:
 
-    python benchmarks/vgg_cpu_conv.py [--steps 3] [--skip_xla_full]
+    python benchmarks/vgg_cpu_conv.py [--repeats 3] [--skip_xla_full]
+        [--block_mb 4,8,16] [--per_layer]
+
+Each figure comes from its own process: on a 2-core machine PyTorch's OpenMP
+threads keep spinning after a step and would slow whatever runs next.
+--per_layer adds forward+backward milliseconds of each of the 13 conv layers
+(conv + bias + ReLU) for the blocked lowering and for PyTorch.
 """
 
 import argparse
 import functools
+import json
 import os
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # pylint: disable=g-import-not-at-top
-import numpy as np
-
-from benchmarks.common import matmul_peak_flops
-from vgg_jax import config_lib, models, optim, train
-from vgg_jax.models import VGG_STAGES, vgg as vgg_lib
-
 BATCH, SIZE, CLASSES = 128, 32, 10
+WIDTHS = {"full": 1.0, "1/4": 0.25}
 
 
 def widths(multiplier):
+  from vgg_jax.models import VGG_STAGES, vgg as vgg_lib  # pylint: disable=g-import-not-at-top
   return [[vgg_lib.scaled_width(c, multiplier) for c in stage] for stage in VGG_STAGES["vgg16"]]
+
+
+def conv_shapes(multiplier):
+  """(h, w, cin, cout) of the 13 convolutions."""
+  shapes, size, cin = [], SIZE, 1
+  for stage in widths(multiplier):
+    for cout in stage:
+      shapes.append((size, size, cin, cout))
+      cin = cout
+    size = (size + 1) // 2
+  return shapes
 
 
 def train_flops_per_image(multiplier) -> float:
   """3x the forward matmul FLOPs (forward, input grad, weight grad)."""
-  flops, size, cin = 0, SIZE, 1
-  for stage in widths(multiplier):
-    for cout in stage:
-      flops += 2 * size * size * 9 * cin * cout
-      cin = cout
-    size = (size + 1) // 2
+  from vgg_jax.models import vgg as vgg_lib  # pylint: disable=g-import-not-at-top
+  flops = sum(2 * h * w * 9 * cin * cout for h, w, cin, cout in conv_shapes(multiplier))
+  cin = conv_shapes(multiplier)[-1][-1]
   fc = vgg_lib.scaled_width(512, multiplier)
-  flops += 2 * cin * size * size * fc + 2 * fc * CLASSES
+  flops += 2 * cin * fc + 2 * fc * CLASSES  # The conv stack ends at 1x1.
   return 3.0 * flops
 
 
-def jax_images_per_sec(multiplier, lowering, steps) -> float:
+def best_mean_seconds(step, repeats, steps):
+  """Best over `repeats` of the mean time of `steps` consecutive calls."""
+  step()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      step()
+    best = min(best, (time.perf_counter() - start) / steps)
+  return best
+
+
+def jax_images_per_sec(multiplier, lowering, repeats, steps) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vgg_jax import config_lib, models, optim, train  # pylint: disable=g-import-not-at-top
+  from vgg_jax.models import vgg as vgg_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config()
   config.model.name = "vgg16"
   config.model.width_multiplier = multiplier
@@ -54,28 +82,24 @@ def jax_images_per_sec(multiplier, lowering, steps) -> float:
   config.optimizer.name, config.optimizer.learning_rate = "momentum", 0.01
   model = models.create_model(config.model, CLASSES)
   tx, shape = optim.create_optimizer(config.optimizer, 1000)
-  state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (SIZE, SIZE, 1))
+  holder = [train.create_train_state(jax.random.PRNGKey(0), model, tx, (SIZE, SIZE, 1))]
   step = jax.jit(functools.partial(train.train_step, head=models.get_head("category"),
                                    preprocess=train.make_preprocess((0.5,), (0.25,)),
                                    lr_shape=shape), donate_argnums=0)
   rng = np.random.default_rng(0)
   batch = jax.device_put({"image": rng.integers(0, 256, (BATCH, SIZE, SIZE, 1), np.uint8),
                           "label": rng.integers(0, CLASSES, BATCH).astype(np.int32)})
-  state, m = step(state, batch)
-  jax.block_until_ready(m)
-  best = float("inf")
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, m = step(state, batch)
-    jax.block_until_ready(m)
-    best = min(best, time.perf_counter() - start)
-  return BATCH / best
+
+  def one():
+    holder[0], metrics = step(holder[0], batch)
+    jax.block_until_ready(metrics)
+
+  return BATCH / best_mean_seconds(one, repeats, steps)
 
 
-def torch_images_per_sec(multiplier, steps):
+def torch_model(multiplier):
   import torch  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  torch.set_num_threads(os.cpu_count() or 1)
+  from vgg_jax.models import vgg as vgg_lib  # pylint: disable=g-import-not-at-top
   layers, cin, size = [], 1, SIZE
   for stage in widths(multiplier):
     for cout in stage:
@@ -86,7 +110,14 @@ def torch_images_per_sec(multiplier, steps):
   fc = vgg_lib.scaled_width(512, multiplier)
   layers += [torch.nn.Flatten(), torch.nn.Linear(cin * size * size, fc), torch.nn.ReLU(),
              torch.nn.Linear(fc, CLASSES)]
-  model = torch.nn.Sequential(*layers)
+  return torch.nn.Sequential(*layers)
+
+
+def torch_images_per_sec(multiplier, repeats, steps):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  model = torch_model(multiplier)
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
   x = torch.randint(0, 256, (BATCH, 1, SIZE, SIZE), dtype=torch.uint8)
   y = torch.randint(0, CLASSES, (BATCH,))
@@ -97,43 +128,132 @@ def torch_images_per_sec(multiplier, steps):
     loss.backward()
     opt.step()
 
-  one()
-  best = float("inf")
-  for _ in range(steps):
-    start = time.perf_counter()
-    one()
-    best = min(best, time.perf_counter() - start)
-  return BATCH / best, torch.__version__
+  return BATCH / best_mean_seconds(one, repeats, steps)
+
+
+def per_layer_ms(multiplier, which, repeats):
+  """Forward + backward ms of each conv (+ bias + ReLU) at batch 128."""
+  times = []
+  if which == "torch":
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(os.cpu_count() or 1)
+    for h, w, cin, cout in conv_shapes(multiplier):
+      x = torch.randn(BATCH, cin, h, w, requires_grad=cin > 1)
+      layer, g = torch.nn.Conv2d(cin, cout, 3, padding=1), torch.randn(BATCH, cout, h, w)
+      times.append(best_mean_seconds(lambda: torch.relu(layer(x)).backward(g), repeats, 3))
+    return times
+  import jax  # pylint: disable=g-import-not-at-top
+  from vgg_jax.models import conv  # pylint: disable=g-import-not-at-top
+  for h, w, cin, cout in conv_shapes(multiplier):
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(keys[0], (BATCH, h, w, cin))
+    k = jax.random.normal(keys[1], (3, 3, cin, cout)) * 0.05
+    g = jax.random.normal(keys[2], (BATCH, h, w, cout))
+    layer = conv.Conv3x3(cout, lowering=which, relu=True)
+    params = layer.init(jax.random.PRNGKey(0), x)
+    params = {"params": {"kernel": k, "bias": params["params"]["bias"]}}
+    if cin == 1:  # The image: no input gradient, as in training.
+      fn = jax.jit(lambda p, g, x=x: jax.vjp(lambda p: layer.apply(p, x), p)[1](g))
+    else:
+      fn = jax.jit(lambda p, g, x: jax.vjp(lambda p, x: layer.apply(p, x), p, x)[1](g))
+    args = (params, g) if cin == 1 else (params, g, x)
+    times.append(best_mean_seconds(lambda: jax.block_until_ready(fn(*args)), repeats, 3))
+  return times
+
+
+def child(args):
+  """Measure one thing in this process and print it as JSON."""
+  multiplier = WIDTHS[args.width]
+  if args.block_bytes:
+    from vgg_jax.models import conv  # pylint: disable=g-import-not-at-top
+    conv.BLOCK_BYTES = args.block_bytes
+  if args.per_layer_child:
+    result = per_layer_ms(multiplier, args.lowering, args.repeats)
+  elif args.lowering == "torch":
+    import torch  # pylint: disable=g-import-not-at-top
+    result = {"ips": torch_images_per_sec(multiplier, args.repeats, args.steps),
+              "version": torch.__version__}
+  else:
+    result = {"ips": jax_images_per_sec(multiplier, args.lowering, args.repeats, args.steps)}
+  print("RESULT " + json.dumps(result))
+
+
+def measure(args, width, lowering, *, block_bytes=0, per_layer=False):
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--width", width,
+         "--lowering", lowering, "--repeats", str(args.repeats), "--steps", str(args.steps),
+         "--block_bytes", str(block_bytes)] + (["--per_layer_child"] if per_layer else [])
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  for line in proc.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  if lowering == "torch" and "No module named 'torch'" in proc.stderr:
+    return None
+  raise SystemExit(f"{width} {lowering} failed:\n{proc.stderr[-3000:]}")
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=3, help="timed steps (best is kept)")
+  parser.add_argument("--repeats", type=int, default=3, help="timed rounds (best is kept)")
+  parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
   parser.add_argument("--skip_xla_full", action="store_true",
                       help="skip the slow full-width xla row")
+  parser.add_argument("--block_mb", default="",
+                      help="also time the blocked lowering with these block sizes (MB), e.g. 4,16")
+  parser.add_argument("--per_layer", action="store_true",
+                      help="also print per-layer forward+backward ms, blocked vs PyTorch")
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--per_layer_child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--width", default="full", help=argparse.SUPPRESS)
+  parser.add_argument("--lowering", default="blocked", help=argparse.SUPPRESS)
+  parser.add_argument("--block_bytes", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.child:
+    child(args)
+    return
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks.common import matmul_peak_flops  # pylint: disable=g-import-not-at-top
+  from vgg_jax.models import conv  # pylint: disable=g-import-not-at-top
   peak = matmul_peak_flops()["peak"]
   print(f"VGG16 at {SIZE}x{SIZE}x1, one FC, batch {BATCH}, SGD+momentum, float32; "
         f"{os.cpu_count()} CPU cores, jax {jax.__version__}; float32 matmul peak "
-        f"{peak / 1e9:.0f} GFLOP/s")
-  print(f"{'width':<8}{'lowering':<22}{'images/s':>10}{'vs torch':>10}{'of peak':>9}")
-  for multiplier, label in ((1.0, "full"), (0.25, "1/4")):
-    try:
-      torch_ips, version = torch_images_per_sec(multiplier, args.steps)
-    except ImportError:
-      torch_ips, version = None, None
+        f"{peak / 1e9:.0f} GFLOP/s; auto = {conv.resolve('auto')} here; "
+        f"best of {args.repeats} x {args.steps} steps, each row in its own process")
+  print(f"{'width':<8}{'lowering':<26}{'images/s':>10}{'vs torch':>10}{'of peak':>9}")
+  extra_blocks = [int(float(mb) * (1 << 20)) for mb in args.block_mb.split(",") if mb]
+  ratios = {}
+  for label in WIDTHS:
+    torch_result = measure(args, label, "torch")
+    torch_ips = torch_result and torch_result["ips"]
     rows = []
-    for lowering in ("xla", "im2col", "shifted"):
-      if lowering == "xla" and multiplier == 1.0 and args.skip_xla_full:
+    for lowering in ("xla", "im2col", "shifted", "blocked"):
+      if lowering == "xla" and label == "full" and args.skip_xla_full:
         continue
-      rows.append((lowering, jax_images_per_sec(multiplier, lowering, args.steps)))
+      rows.append((lowering, measure(args, label, lowering)["ips"]))
+    for block_bytes in extra_blocks:
+      rows.append((f"blocked, {block_bytes / (1 << 20):g} MB blocks",
+                   measure(args, label, "blocked", block_bytes=block_bytes)["ips"]))
     if torch_ips:
-      rows.append((f"PyTorch {version} eager", torch_ips))
-    flops = train_flops_per_image(multiplier)
+      rows.append((f"PyTorch {torch_result['version']} eager", torch_ips))
+      ratios[label] = dict(rows)["blocked"] / torch_ips
+    flops = train_flops_per_image(WIDTHS[label])
     for name, ips in rows:
       ratio = f"{ips / torch_ips:.2f}x" if torch_ips else "-"
-      print(f"{label:<8}{name:<22}{ips:>10.1f}{ratio:>10}{ips * flops / peak:>9.0%}")
-  print("goal: im2col (auto's CPU choice) >= 1.0x PyTorch at both widths")
+      print(f"{label:<8}{name:<26}{ips:>10.1f}{ratio:>10}{ips * flops / peak:>9.0%}", flush=True)
+  if args.per_layer:
+    for label in WIDTHS:
+      ours = measure(args, label, "blocked", per_layer=True)
+      theirs = measure(args, label, "torch", per_layer=True)
+      print(f"\nper-layer forward+backward ms, {label} width (conv + bias + ReLU, batch {BATCH})")
+      print(f"{'layer':<22}{'blocked':>9}{'torch':>9}")
+      for (h, w, cin, cout), a, b in zip(conv_shapes(WIDTHS[label]), ours, theirs or ours):
+        print(f"{f'{h}x{w} {cin}->{cout}':<22}{a * 1e3:>9.1f}"
+              f"{(b * 1e3 if theirs else float('nan')):>9.1f}")
+      print(f"{'sum':<22}{sum(ours) * 1e3:>9.1f}"
+            f"{(sum(theirs) * 1e3 if theirs else float('nan')):>9.1f}")
+  if ratios:
+    print("goal: blocked (auto's CPU choice) >= 1.0x PyTorch at both widths; measured "
+          + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
 
 
 if __name__ == "__main__":

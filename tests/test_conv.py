@@ -10,7 +10,7 @@ import pytest
 from vgg_jax import config_lib, models
 from vgg_jax.models import conv
 
-LOWERINGS = ("im2col", "shifted")
+LOWERINGS = ("im2col", "shifted", "blocked")
 
 
 @pytest.mark.parametrize("lowering", LOWERINGS)
@@ -64,12 +64,12 @@ def test_vgg_lowerings_share_params_outputs_and_gradients(lowering):
 
 def test_auto_is_the_default_and_picks_by_backend():
   assert config_lib.base_config().model.conv_lowering == "auto"
-  expected = "im2col" if jax.default_backend() == "cpu" else "xla"
+  expected = "blocked" if jax.default_backend() == "cpu" else "xla"
   assert conv.resolve("auto") == expected
   assert conv.resolve("shifted") == "shifted"
 
 
-@pytest.mark.parametrize("lowering", ("xla", "im2col", "shifted"))
+@pytest.mark.parametrize("lowering", ("xla", "im2col", "shifted", "blocked"))
 @pytest.mark.parametrize("size", [16, 17])
 def test_jit_gradient_equals_eager_through_batch_norm_and_pool(lowering, size):
   """Regression: a -inf-padded reshape pool after a batch normalization got

@@ -8,7 +8,11 @@ the MXU and is the right choice. So the lowering is a config value:
 - im2col:  the nine shifted views concatenated on channels, then one matmul
            [N*H*W, 9*Cin] @ [9*Cin, Cout]; the pool is a reshape-and-max;
 - shifted: the sum of nine matmuls of shifted views; the same pool;
-- auto:    xla on accelerators, im2col on CPU (measured fastest there,
+- blocked: one matmul of the input against all nine taps at once, then the
+           sum of the nine shifted output planes; run over blocks of the
+           batch sized to stay in cache, with a custom VJP that never
+           materializes a patch matrix for the whole batch; the same pool;
+- auto:    xla on accelerators, blocked on CPU (measured fastest there,
            see benchmarks/vgg_cpu_conv.py).
 
 Every lowering has the same parameters as flax.linen.Conv (kernel
@@ -16,18 +20,19 @@ Every lowering has the same parameters as flax.linen.Conv (kernel
 imported weights work with any of them.
 """
 
-from typing import Any
+import functools
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-CONV_LOWERINGS = ("auto", "xla", "im2col", "shifted")
+CONV_LOWERINGS = ("auto", "xla", "im2col", "shifted", "blocked")
 
 
 def resolve(lowering: str) -> str:
   if lowering == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return "blocked" if jax.default_backend() == "cpu" else "xla"
   return lowering
 
 
@@ -44,6 +49,8 @@ def conv3x3(x, kernel, lowering: str):
   if lowering == "xla":
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if lowering == "blocked":
+    return _blocked_conv(x, kernel, None, False)
   cin, cout = kernel.shape[2:]
   views = _shifted_views(x)
   if lowering == "im2col":
@@ -53,6 +60,182 @@ def conv3x3(x, kernel, lowering: str):
     taps = kernel.reshape(9, cin, cout)
     return sum(v @ taps[t] for t, v in enumerate(views))
   raise ValueError(f"unknown conv lowering {lowering!r}")
+
+
+# The blocked lowering works on batch blocks whose largest intermediate (rows x
+# nine taps x channels, float32) stays under this many bytes, so that it is
+# written and read back in cache rather than in DRAM. XLA:CPU's copies run at
+# a few GB/s here, and whole-batch patch matrices (300 MB for VGG's first
+# block at batch 128) made im2col memory-bound. Tuned on a 2-core EPYC with a
+# 32 MB L3 (benchmarks/vgg_cpu_conv.py --block_mb sweeps it).
+BLOCK_BYTES = 8 << 20
+# Each block also adds its weight gradient [9*cin, cout] into a running sum;
+# blocks of at least this many rows per weight row keep that add small.
+ROWS_PER_WEIGHT_ROW = 4
+
+
+def block_size(shape, cout: int) -> int:
+  """Images per block for an [n, h, w, cin] input: the largest divisor of n
+  that fits BLOCK_BYTES, unless that is under half of what fits (a prime n);
+  then the batch is zero-padded to a multiple of what fits."""
+  n, h, w, cin = shape
+  fits = BLOCK_BYTES // (h * w * 9 * min(cin, cout) * 4)
+  fits = max(fits, -(-ROWS_PER_WEIGHT_ROW * max(cin, cout) // (h * w)))
+  fits = max(1, min(n, fits))
+  divisor = max(d for d in range(1, fits + 1) if n % d == 0)
+  return divisor if 2 * divisor >= fits else fits
+
+
+def _shifted(x, mirrored: bool):
+  """The nine views v_t[p] = x[p + offset_t], or x[p - offset_t] if mirrored
+  (zero outside), each as slice-then-pad so that XLA fuses it into its
+  consumer rather than materializing a padded copy."""
+  h, w = x.shape[1:3]
+  views = []
+  for i in range(3):
+    for j in range(3):
+      di, dj = (1 - i, 1 - j) if mirrored else (i - 1, j - 1)
+      part = x[:, max(di, 0):h + min(di, 0), max(dj, 0):w + min(dj, 0)]
+      views.append(jnp.pad(part, ((0, 0), (max(-di, 0), max(di, 0)),
+                                  (max(-dj, 0), max(dj, 0)), (0, 0))))
+  return views
+
+
+def _gather_taps(x, mirrored: bool = False):
+  """im2col: [b, h, w, c] -> [b*h*w, 9*c], row p = (v_t[p] for each tap t)."""
+  n, h, w, c = x.shape
+  return jnp.concatenate(_shifted(x, mirrored), axis=-1).reshape(n * h * w, 9 * c)
+
+
+def _scatter_taps(z, shape, mirrored: bool = False):
+  """The adjoint of _gather_taps with the other mirroring: [b*h*w, 9*c] ->
+  [b, h, w, c], out[p] = sum over taps t of z[p + offset_t, t] (or p - ...)."""
+  n, h, w, c = shape
+  z = z.reshape(n, h, w, 9, c)
+  return sum(_shifted(z[..., t, :], mirrored)[t] for t in range(9))
+
+
+def _blocks(x, size):
+  """[n, ...] -> [n_blocks, size, ...], zero-padding n up to a multiple of size."""
+  extra = -x.shape[0] % size
+  if extra:
+    x = jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1))
+  return x.reshape((-1, size) + x.shape[1:])
+
+
+def _over_blocks(fn, carry, *arrays):
+  """lax.scan of fn over the blocks, or a plain call when there is one."""
+  if arrays[0].shape[0] == 1:
+    carry, out = fn(carry, tuple(a[0] for a in arrays))
+    return carry, jax.tree.map(lambda o: o[None], out)
+  return jax.lax.scan(fn, carry, arrays)
+
+
+def _bias_act(y, bias, relu: bool):
+  if bias is not None:
+    y = y + bias
+  return jax.nn.relu(y) if relu else y
+
+
+def _transposed(a):
+  # A materialized transpose: XLA:CPU ran a transposed-operand dot 1.2-1.5x
+  # slower than the plain dot after this (small, in-cache) copy.
+  return jax.lax.optimization_barrier(a.T)
+
+
+# Two orientations of the same convolution; each keeps its nine-tap
+# intermediate at 9 x the smaller of cin and cout:
+# - "in" (cin < cout): im2col rows P = gather(x), y = P @ K; backward
+#   dK = P^T @ g, dx = scatter(g @ K^T) with the taps mirrored.
+# - "out" (cout <= cin): y[p] = sum_t (x @ k_t)[p + offset_t], one matmul of x
+#   against all taps and a scatter of the nine output planes; backward
+#   dZ = gather(g) mirrored, dT = x^T @ dZ, dx = dZ @ T^T.
+
+
+def _conv_fwd_block(xb, kernel, bias, relu):
+  size, h, w, cin = xb.shape
+  cout = kernel.shape[-1]
+  if cin < cout:
+    y = _gather_taps(xb) @ kernel.reshape(9 * cin, cout)
+    y = y.reshape(size, h, w, cout)
+  else:
+    taps = kernel.transpose(2, 0, 1, 3).reshape(cin, 9 * cout)
+    y = _scatter_taps(xb.reshape(size * h * w, cin) @ taps, (size, h, w, cout))
+  return _bias_act(y, bias, relu)
+
+
+def _conv_bwd_block(xb, gb, kernel, want_dx: bool):
+  """(d kernel in float32, laid out as the orientation's weight matrix; dx)."""
+  size, h, w, cin = xb.shape
+  cout = kernel.shape[-1]
+  rows = size * h * w
+  if cin < cout:
+    patches = _gather_taps(xb)
+    dweights = jnp.matmul(_transposed(patches), gb.reshape(rows, cout),
+                          preferred_element_type=jnp.float32)
+    dx = None
+    if want_dx:
+      dpatches = gb.reshape(rows, cout) @ kernel.reshape(9 * cin, cout).T
+      dx = _scatter_taps(dpatches, (size, h, w, cin), mirrored=True)
+  else:
+    taps = kernel.transpose(2, 0, 1, 3).reshape(cin, 9 * cout)
+    dz = _gather_taps(gb, mirrored=True)
+    dweights = jnp.matmul(_transposed(xb.reshape(rows, cin)), dz,
+                          preferred_element_type=jnp.float32)
+    dx = (dz @ taps.T).reshape(size, h, w, cin) if want_dx else None
+  return dweights, dx
+
+
+def _weights_to_kernel(dweights, kernel):
+  cin, cout = kernel.shape[2:]
+  if cin < cout:
+    return dweights.reshape(kernel.shape).astype(kernel.dtype)
+  return dweights.reshape(cin, 3, 3, cout).transpose(1, 2, 0, 3).astype(kernel.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _blocked_conv(x, kernel, bias, relu: bool):
+  return _blocked_forward(x, kernel, bias, relu)
+
+
+def _blocked_forward(x, kernel, bias, relu):
+  n, h, w, _ = x.shape
+  size = block_size(x.shape, kernel.shape[-1])
+  _, y = _over_blocks(lambda c, xb: (c, _conv_fwd_block(xb[0], kernel, bias, relu)),
+                      None, _blocks(x, size))
+  return y.reshape((-1,) + y.shape[2:])[:n]
+
+
+def _blocked_conv_fwd(x, kernel, bias, relu):
+  # symbolic_zeros: the primals come wrapped, with whether each is being
+  # differentiated; dx is skipped for an input that is not (the image).
+  bias = None if bias is None else bias.value
+  y = _blocked_forward(x.value, kernel.value, bias, relu)
+  residuals = (x.value, kernel.value, bias, y if relu else None, x.perturbed)
+  return y, residuals
+
+
+def _blocked_conv_bwd(relu, residuals, g):
+  x, kernel, bias, y, want_dx = residuals
+  n = x.shape[0]
+  if relu:
+    g = jnp.where(y > 0, g, jnp.zeros_like(g))
+  size = block_size(x.shape, kernel.shape[-1])
+
+  def block(dweights, blocks):
+    step_dweights, dx = _conv_bwd_block(*blocks, kernel, want_dx)
+    return dweights + step_dweights, dx
+
+  cin, cout = kernel.shape[2:]
+  init = jnp.zeros((9 * cin, cout) if cin < cout else (cin, 9 * cout), jnp.float32)
+  dweights, dx = _over_blocks(block, init, _blocks(x, size), _blocks(g, size))
+  if want_dx:
+    dx = dx.reshape((-1,) + x.shape[1:])[:n]
+  dbias = None if bias is None else g.sum((0, 1, 2)).astype(bias.dtype)
+  return dx, _weights_to_kernel(dweights, kernel), dbias
+
+
+_blocked_conv.defvjp(_blocked_conv_fwd, _blocked_conv_bwd, symbolic_zeros=True)
 
 
 def _windows(x):
@@ -113,14 +296,19 @@ class Conv3x3(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
   lowering: str = "auto"
+  # Apply ReLU here: the blocked lowering then adds the bias and applies the
+  # ReLU (and their gradients) in the passes it makes anyway.
+  relu: bool = False
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features),
                         jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = conv3x3(x, kernel, self.lowering)
+    bias: Optional[jax.Array] = None
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                         jnp.float32).astype(self.dtype)
-    return y
+      bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+      bias = bias.astype(self.dtype)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if resolve(self.lowering) == "blocked":
+      return _blocked_conv(x, kernel, bias, self.relu)
+    return _bias_act(conv3x3(x, kernel, self.lowering), bias, self.relu)

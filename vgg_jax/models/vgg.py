@@ -66,16 +66,18 @@ class VGG(nn.Module):
           f"need at least {min_input_size(self.stages)}x{min_input_size(self.stages)}")
     act = common.activation(self.activation)
     init = common.kernel_init(self.kernel_init)
+    fuse_relu = self.activation == "relu" and not self.batch_norm
     for s, stage in enumerate(self.stages, start=1):
       for i, channels in enumerate(stage, start=1):
         x = conv.Conv3x3(scaled_width(channels, self.width_multiplier),
                          use_bias=not self.batch_norm, kernel_init=init, dtype=self.dtype,
-                         lowering=self.conv_lowering, name=f"conv{s}_{i}")(x)
+                         lowering=self.conv_lowering, relu=fuse_relu, name=f"conv{s}_{i}")(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                            axis_name=self.bn_axis_name if train else None,
                            name=f"bn{s}_{i}")(x)
-        x = act(x)
+        if not fuse_relu:
+          x = act(x)
       x = conv.max_pool2x2(x, self.conv_lowering)
     x = x.reshape((x.shape[0], -1))
     if cut == "conv":
