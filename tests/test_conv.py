@@ -62,6 +62,77 @@ def test_vgg_lowerings_share_params_outputs_and_gradients(lowering):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
+def _reference_conv_layer(x, k, b, relu):
+  y = conv.conv3x3(x, k, "xla") + b
+  return jax.nn.relu(y) if relu else y
+
+
+@pytest.mark.parametrize("cin,cout", [(3, 5), (5, 3), (4, 4), (1, 6)])  # Both orientations.
+@pytest.mark.parametrize("relu", [True, False])
+def test_blocked_conv_over_several_blocks_matches_xla(monkeypatch, cin, cout, relu):
+  """Seven images in blocks of 3 (so the batch is also zero-padded to 9),
+  with bias and the fused ReLU: outputs and all three gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (7, 6, 5, cin))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, cin, cout)) * 0.4
+  b = jnp.linspace(-0.5, 0.5, cout)
+  monkeypatch.setattr(conv, "BLOCK_BYTES", 3 * 6 * 5 * 9 * min(cin, cout) * 4)
+  monkeypatch.setattr(conv, "ROWS_PER_WEIGHT_ROW", 0)
+  assert conv.block_size(x.shape, cout) == 3
+  layer = lambda x, k, b: conv._blocked_conv(x, k, b, relu)  # pylint: disable=protected-access
+  np.testing.assert_allclose(jax.jit(layer)(x, k, b), _reference_conv_layer(x, k, b, relu),
+                             rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, k, b: jnp.sum(jnp.sin(3 * f(x, k, b)))
+  got = jax.jit(jax.grad(loss(layer), argnums=(0, 1, 2)))(x, k, b)
+  want = jax.grad(loss(lambda x, k, b: _reference_conv_layer(x, k, b, relu)),
+                  argnums=(0, 1, 2))(x, k, b)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_block_size_prefers_divisors_and_caps_at_the_batch(monkeypatch):
+  monkeypatch.setattr(conv, "ROWS_PER_WEIGHT_ROW", 0)
+  per_image = 4 * 4 * 9 * 8 * 4
+  monkeypatch.setattr(conv, "BLOCK_BYTES", 5 * per_image)
+  assert conv.block_size((12, 4, 4, 8), 16) == 4    # The largest divisor of 12 under 5.
+  assert conv.block_size((13, 4, 4, 8), 16) == 5    # Prime: pad to 15 rather than 13 blocks.
+  assert conv.block_size((3, 4, 4, 8), 16) == 3     # Never more than the batch.
+  monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+  assert conv.block_size((3, 4, 4, 8), 16) == 1
+  monkeypatch.setattr(conv, "ROWS_PER_WEIGHT_ROW", 4)  # 4 * 16 rows / 16 per image.
+  assert conv.block_size((12, 4, 4, 8), 16) == 4
+
+
+def test_blocked_conv_under_vmap_matches_xla():
+  """Sweeps vmap the model over hyperparameters: the custom VJP must batch."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 6, 6, 2))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 2, 4))
+  b = jnp.zeros((3, 4))
+
+  def loss(layer):
+    return lambda x, k, b: jnp.sum(jnp.tanh(jax.vmap(layer)(x, k, b)))
+
+  blocked = lambda x, k, b: conv._blocked_conv(x, k, b, True)  # pylint: disable=protected-access
+  reference = lambda x, k, b: _reference_conv_layer(x, k, b, True)
+  got = jax.jit(jax.grad(loss(blocked), argnums=(0, 1)))(x, k, b)
+  want = jax.grad(loss(reference), argnums=(0, 1))(x, k, b)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_blocked_bfloat16_vgg_stays_close_to_float32():
+  cfg = config_lib.base_config().model
+  cfg.name, cfg.width_multiplier, cfg.classifier_sizes, cfg.dropout_rate = "vgg11", 1 / 16, (8,), 0
+  x = jax.random.normal(jax.random.PRNGKey(3), (4, 32, 32, 1))
+  cfg.conv_lowering = "blocked"
+  net32 = models.create_model(cfg, 5)
+  params = net32.init(jax.random.PRNGKey(0), x, train=False)
+  net16 = models.create_model(cfg, 5, dtype="bfloat16")
+  grads = jax.grad(lambda p: jnp.sum(net16.apply(p, x, train=False).astype(jnp.float32)))(params)
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+  np.testing.assert_allclose(net16.apply(params, x, train=False).astype(jnp.float32),
+                             net32.apply(params, x, train=False), rtol=0.1, atol=0.1)
+
+
 def test_auto_is_the_default_and_picks_by_backend():
   assert config_lib.base_config().model.conv_lowering == "auto"
   expected = "blocked" if jax.default_backend() == "cpu" else "xla"
@@ -106,7 +177,7 @@ def test_im2col_training_steps_match_xla_after_updates():
   batch = {"image": rng.integers(0, 256, (32, 32, 32, 1)).astype(np.uint8),
            "label": rng.integers(0, 3, 32).astype(np.int32)}
   norms = {}
-  for lowering in ("xla", "im2col"):
+  for lowering in ("xla", "im2col", "blocked"):
     cfg = config_lib.base_config()
     cfg.model.name, cfg.model.width_multiplier, cfg.model.classifier_sizes = "vgg11", 1 / 32, (8,)
     cfg.model.batch_norm, cfg.model.dropout_rate, cfg.model.conv_lowering = True, 0.0, lowering
@@ -122,3 +193,4 @@ def test_im2col_training_steps_match_xla_after_updates():
       state, m = step(state, batch)
       norms[lowering].append(float(m["grad_norm"]))
   np.testing.assert_allclose(norms["im2col"], norms["xla"], rtol=1e-4)
+  np.testing.assert_allclose(norms["blocked"], norms["xla"], rtol=1e-4)

@@ -9,11 +9,20 @@ the MXU and is the right choice. So the lowering is a config value:
            [N*H*W, 9*Cin] @ [9*Cin, Cout]; the pool is a reshape-and-max;
 - shifted: the sum of nine matmuls of shifted views; the same pool;
 - blocked: one matmul of the input against all nine taps at once, then the
-           sum of the nine shifted output planes; run over blocks of the
-           batch sized to stay in cache, with a custom VJP that never
-           materializes a patch matrix for the whole batch; the same pool;
+           sum of the nine shifted output planes (im2col rows instead when
+           the layer widens, cin < cout); run over blocks of the batch sized
+           to stay in cache, with a custom VJP that never materializes a
+           patch matrix for the whole batch, bias and ReLU fused, and no
+           input gradient for an input that needs none; the same pool;
 - auto:    xla on accelerators, blocked on CPU (measured fastest there,
            see benchmarks/vgg_cpu_conv.py).
+
+XLA:CPU flags of jaxlib 0.10.2 tried on the VGG16 step, none adopted:
+--xla_cpu_experimental_ynn_fusion_type=individual_convolution (YNNPACK
+convolutions: faster than XLA's on 8x8-16x16 layers, 75x slower on 2x2 ones),
+--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY,
+YNN eltwise/reduce fusion and the concurrency-optimized scheduler switched
+off: all within the run-to-run noise (about 10%).
 
 Every lowering has the same parameters as flax.linen.Conv (kernel
 [3, 3, Cin, Cout], bias [Cout]) under the same names, so checkpoints and
@@ -152,37 +161,45 @@ def _transposed(a):
 #   dZ = gather(g) mirrored, dT = x^T @ dZ, dx = dZ @ T^T.
 
 
-def _conv_fwd_block(xb, kernel, bias, relu):
-  size, h, w, cin = xb.shape
-  cout = kernel.shape[-1]
+def _weight_matrix(kernel, for_dx: bool = False):
+  """The orientation's weight matrix (or the one its dx matmul uses),
+  materialized once outside the block loop: left to XLA, the transposes were
+  redone in every iteration."""
+  cin, cout = kernel.shape[2:]
   if cin < cout:
-    y = _gather_taps(xb) @ kernel.reshape(9 * cin, cout)
-    y = y.reshape(size, h, w, cout)
+    matrix = kernel.reshape(9 * cin, cout)
+    return _transposed(matrix) if for_dx else matrix
+  if for_dx:  # [9*cout, cin]: rows (tap, out channel).
+    return jax.lax.optimization_barrier(kernel.transpose(0, 1, 3, 2).reshape(9 * cout, cin))
+  return jax.lax.optimization_barrier(kernel.transpose(2, 0, 1, 3).reshape(cin, 9 * cout))
+
+
+def _conv_fwd_block(xb, weights, bias, relu):
+  size, h, w, cin = xb.shape
+  if weights.shape[0] == 9 * cin:  # "in"
+    y = (_gather_taps(xb) @ weights).reshape(size, h, w, -1)
   else:
-    taps = kernel.transpose(2, 0, 1, 3).reshape(cin, 9 * cout)
-    y = _scatter_taps(xb.reshape(size * h * w, cin) @ taps, (size, h, w, cout))
+    cout = weights.shape[1] // 9
+    y = _scatter_taps(xb.reshape(size * h * w, cin) @ weights, (size, h, w, cout))
   return _bias_act(y, bias, relu)
 
 
-def _conv_bwd_block(xb, gb, kernel, want_dx: bool):
-  """(d kernel in float32, laid out as the orientation's weight matrix; dx)."""
+def _conv_bwd_block(xb, gb, dx_weights, orientation_in: bool):
+  """(d weights in float32, laid out as the orientation's weight matrix; dx
+  or None when dx_weights is None)."""
   size, h, w, cin = xb.shape
-  cout = kernel.shape[-1]
   rows = size * h * w
-  if cin < cout:
-    patches = _gather_taps(xb)
-    dweights = jnp.matmul(_transposed(patches), gb.reshape(rows, cout),
-                          preferred_element_type=jnp.float32)
+  if orientation_in:
+    g = gb.reshape(rows, -1)
+    dweights = jnp.matmul(_transposed(_gather_taps(xb)), g, preferred_element_type=jnp.float32)
     dx = None
-    if want_dx:
-      dpatches = gb.reshape(rows, cout) @ kernel.reshape(9 * cin, cout).T
-      dx = _scatter_taps(dpatches, (size, h, w, cin), mirrored=True)
+    if dx_weights is not None:
+      dx = _scatter_taps(g @ dx_weights, (size, h, w, cin), mirrored=True)
   else:
-    taps = kernel.transpose(2, 0, 1, 3).reshape(cin, 9 * cout)
     dz = _gather_taps(gb, mirrored=True)
     dweights = jnp.matmul(_transposed(xb.reshape(rows, cin)), dz,
                           preferred_element_type=jnp.float32)
-    dx = (dz @ taps.T).reshape(size, h, w, cin) if want_dx else None
+    dx = None if dx_weights is None else (dz @ dx_weights).reshape(size, h, w, cin)
   return dweights, dx
 
 
@@ -201,7 +218,8 @@ def _blocked_conv(x, kernel, bias, relu: bool):
 def _blocked_forward(x, kernel, bias, relu):
   n, h, w, _ = x.shape
   size = block_size(x.shape, kernel.shape[-1])
-  _, y = _over_blocks(lambda c, xb: (c, _conv_fwd_block(xb[0], kernel, bias, relu)),
+  weights = _weight_matrix(kernel)
+  _, y = _over_blocks(lambda c, xb: (c, _conv_fwd_block(xb[0], weights, bias, relu)),
                       None, _blocks(x, size))
   return y.reshape((-1,) + y.shape[2:])[:n]
 
@@ -222,11 +240,13 @@ def _blocked_conv_bwd(relu, residuals, g):
     g = jnp.where(y > 0, g, jnp.zeros_like(g))
   size = block_size(x.shape, kernel.shape[-1])
 
+  cin, cout = kernel.shape[2:]
+  dx_weights = _weight_matrix(kernel, for_dx=True) if want_dx else None
+
   def block(dweights, blocks):
-    step_dweights, dx = _conv_bwd_block(*blocks, kernel, want_dx)
+    step_dweights, dx = _conv_bwd_block(*blocks, dx_weights, cin < cout)
     return dweights + step_dweights, dx
 
-  cin, cout = kernel.shape[2:]
   init = jnp.zeros((9 * cin, cout) if cin < cout else (cin, 9 * cout), jnp.float32)
   dweights, dx = _over_blocks(block, init, _blocks(x, size), _blocks(g, size))
   if want_dx:
