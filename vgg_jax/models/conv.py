@@ -174,9 +174,9 @@ def _weight_matrix(kernel, for_dx: bool = False):
   return jax.lax.optimization_barrier(kernel.transpose(2, 0, 1, 3).reshape(cin, 9 * cout))
 
 
-def _conv_fwd_block(xb, weights, bias, relu):
+def _conv_fwd_block(xb, weights, bias, relu, orientation_in: bool):
   size, h, w, cin = xb.shape
-  if weights.shape[0] == 9 * cin:  # "in"
+  if orientation_in:
     y = (_gather_taps(xb) @ weights).reshape(size, h, w, -1)
   else:
     cout = weights.shape[1] // 9
@@ -216,11 +216,15 @@ def _blocked_conv(x, kernel, bias, relu: bool):
 
 
 def _blocked_forward(x, kernel, bias, relu):
-  n, h, w, _ = x.shape
-  size = block_size(x.shape, kernel.shape[-1])
+  n, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  size = block_size(x.shape, cout)
   weights = _weight_matrix(kernel)
-  _, y = _over_blocks(lambda c, xb: (c, _conv_fwd_block(xb[0], weights, bias, relu)),
-                      None, _blocks(x, size))
+
+  def block(carry, xb):
+    return carry, _conv_fwd_block(xb[0], weights, bias, relu, cin < cout)
+
+  _, y = _over_blocks(block, None, _blocks(x, size))
   return y.reshape((-1,) + y.shape[2:])[:n]
 
 
