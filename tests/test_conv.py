@@ -14,7 +14,9 @@ LOWERINGS = ("im2col", "shifted", "blocked")
 
 
 @pytest.mark.parametrize("lowering", LOWERINGS)
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 5, 4)])
+# 4x4 and below take the blocked lowering's valid-taps path.
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 5, 4), (2, 4, 4, 3), (3, 2, 3, 4),
+                                   (2, 1, 1, 3)])
 def test_conv_outputs_and_gradients_match_xla(lowering, shape):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[-1], 6)) * 0.3
@@ -67,18 +69,20 @@ def _reference_conv_layer(x, k, b, relu):
   return jax.nn.relu(y) if relu else y
 
 
-@pytest.mark.parametrize("cin,cout", [(3, 5), (5, 3), (4, 4), (1, 6)])  # Both orientations.
+@pytest.mark.parametrize("cin,cout,size", [(3, 5, (6, 5)), (5, 3, (6, 5)), (4, 4, (6, 5)),
+                                           (1, 6, (6, 5)), (4, 4, (4, 3)), (5, 3, (2, 2))])
 @pytest.mark.parametrize("relu", [True, False])
-def test_blocked_conv_over_several_blocks_matches_xla(monkeypatch, cin, cout, relu):
+def test_blocked_conv_over_several_blocks_matches_xla(monkeypatch, cin, cout, size, relu):
   """Seven images in blocks of 3 (so the batch is also zero-padded to 9),
-  with bias and the fused ReLU: outputs and all three gradients."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (7, 6, 5, cin))
+  with bias and the fused ReLU: outputs and all three gradients, for each
+  method: "in" (cin < cout), "out", and "valid" (4x3 and 2x2 images)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (7,) + size + (cin,))
   k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, cin, cout)) * 0.4
   b = jnp.linspace(-0.5, 0.5, cout)
-  monkeypatch.setattr(conv, "BLOCK_BYTES", 3 * 6 * 5 * 9 * min(cin, cout) * 4)
+  monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
   monkeypatch.setattr(conv, "ROWS_PER_WEIGHT_ROW", 0)
-  assert conv.block_size(x.shape, cout) == 3
-  layer = lambda x, k, b: conv._blocked_conv(x, k, b, relu)  # pylint: disable=protected-access
+  monkeypatch.setattr(conv, "block_size", lambda shape, cout: 3)
+  layer = lambda x, k, b: conv.blocked_conv(x, k, b, relu=relu)
   np.testing.assert_allclose(jax.jit(layer)(x, k, b), _reference_conv_layer(x, k, b, relu),
                              rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda x, k, b: jnp.sum(jnp.sin(3 * f(x, k, b)))
@@ -91,15 +95,19 @@ def test_blocked_conv_over_several_blocks_matches_xla(monkeypatch, cin, cout, re
 
 def test_block_size_prefers_divisors_and_caps_at_the_batch(monkeypatch):
   monkeypatch.setattr(conv, "ROWS_PER_WEIGHT_ROW", 0)
-  per_image = 4 * 4 * 9 * 8 * 4
+  per_image = 5 * 5 * 9 * 8 * 4  # 5x5 images, min(cin, cout) = 8.
   monkeypatch.setattr(conv, "BLOCK_BYTES", 5 * per_image)
-  assert conv.block_size((12, 4, 4, 8), 16) == 4    # The largest divisor of 12 under 5.
-  assert conv.block_size((13, 4, 4, 8), 16) == 5    # Prime: pad to 15 rather than 13 blocks.
-  assert conv.block_size((3, 4, 4, 8), 16) == 3     # Never more than the batch.
+  assert conv.block_size((12, 5, 5, 8), 16) == 4    # The largest divisor of 12 under 5.
+  assert conv.block_size((13, 5, 5, 8), 16) == 5    # Prime: pad to 15 rather than 13 blocks.
+  assert conv.block_size((3, 5, 5, 8), 16) == 3     # Never more than the batch.
   monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
-  assert conv.block_size((3, 4, 4, 8), 16) == 1
-  monkeypatch.setattr(conv, "ROWS_PER_WEIGHT_ROW", 4)  # 4 * 16 rows / 16 per image.
-  assert conv.block_size((12, 4, 4, 8), 16) == 4
+  assert conv.block_size((3, 5, 5, 8), 16) == 1
+  monkeypatch.setattr(conv, "ROWS_PER_WEIGHT_ROW", 4)  # 4 * 16 rows / 25 per image.
+  assert conv.block_size((12, 5, 5, 8), 16) == 3
+  # 2x2 images take the valid-taps method: 16 tap pixels per image, no floor.
+  monkeypatch.setattr(conv, "BLOCK_BYTES", 4 * 16 * 8 * 4)
+  assert conv._method((8, 2, 2, 8), 8) == "valid"  # pylint: disable=protected-access
+  assert conv.block_size((8, 2, 2, 8), 8) == 4
 
 
 def test_blocked_conv_under_vmap_matches_xla():
@@ -111,7 +119,7 @@ def test_blocked_conv_under_vmap_matches_xla():
   def loss(layer):
     return lambda x, k, b: jnp.sum(jnp.tanh(jax.vmap(layer)(x, k, b)))
 
-  blocked = lambda x, k, b: conv._blocked_conv(x, k, b, True)  # pylint: disable=protected-access
+  blocked = lambda x, k, b: conv.blocked_conv(x, k, b, relu=True)
   reference = lambda x, k, b: _reference_conv_layer(x, k, b, True)
   got = jax.jit(jax.grad(loss(blocked), argnums=(0, 1)))(x, k, b)
   want = jax.grad(loss(reference), argnums=(0, 1))(x, k, b)
