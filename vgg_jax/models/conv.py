@@ -10,9 +10,10 @@ the MXU and is the right choice. So the lowering is a config value:
 - shifted: the sum of nine matmuls of shifted views; the same pool;
 - blocked: one matmul of the input against all nine taps at once, then the
            sum of the nine shifted output planes (im2col rows instead when
-           the layer widens, cin < cout); run over blocks of the batch sized
-           to stay in cache, with a custom VJP that never materializes a
-           patch matrix for the whole batch, bias and ReLU fused, and no
+           the layer widens, cin < cout; nine matmuls over only the valid
+           input rectangles at 4x4 and below); run over blocks of the batch
+           sized to stay in cache, with a custom VJP that never materializes
+           a patch matrix for the whole batch, bias and ReLU fused, and no
            input gradient for an input that needs none; the same pool;
 - auto:    xla on accelerators, blocked on CPU (measured fastest there,
            see benchmarks/vgg_cpu_conv.py).
