@@ -22,9 +22,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import best_seconds  # pylint: disable=g-import-not-at-top
 
 BATCH, SIZE, CLASSES = 128, 32, 10
 WIDTHS = {"full": 1.0, "1/4": 0.25}
@@ -56,18 +57,6 @@ def train_flops_per_image(multiplier) -> float:
   return 3.0 * flops
 
 
-def best_mean_seconds(step, repeats, steps):
-  """Best over `repeats` of the mean time of `steps` consecutive calls."""
-  step()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(steps):
-      step()
-    best = min(best, (time.perf_counter() - start) / steps)
-  return best
-
-
 def jax_images_per_sec(multiplier, lowering, repeats, steps) -> float:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -94,7 +83,7 @@ def jax_images_per_sec(multiplier, lowering, repeats, steps) -> float:
     holder[0], metrics = step(holder[0], batch)
     jax.block_until_ready(metrics)
 
-  return BATCH / best_mean_seconds(one, repeats, steps)
+  return BATCH / best_seconds(one, repeats, steps)
 
 
 def torch_model(multiplier):
@@ -128,7 +117,7 @@ def torch_images_per_sec(multiplier, repeats, steps):
     loss.backward()
     opt.step()
 
-  return BATCH / best_mean_seconds(one, repeats, steps)
+  return BATCH / best_seconds(one, repeats, steps)
 
 
 def per_layer_ms(multiplier, which, repeats):
@@ -140,7 +129,7 @@ def per_layer_ms(multiplier, which, repeats):
     for h, w, cin, cout in conv_shapes(multiplier):
       x = torch.randn(BATCH, cin, h, w, requires_grad=cin > 1)
       layer, g = torch.nn.Conv2d(cin, cout, 3, padding=1), torch.randn(BATCH, cout, h, w)
-      times.append(best_mean_seconds(lambda: torch.relu(layer(x)).backward(g), repeats, 3))
+      times.append(best_seconds(lambda: torch.relu(layer(x)).backward(g), repeats, 3))
     return times
   import jax  # pylint: disable=g-import-not-at-top
   from vgg_jax.models import conv  # pylint: disable=g-import-not-at-top
@@ -157,7 +146,7 @@ def per_layer_ms(multiplier, which, repeats):
     else:
       fn = jax.jit(lambda p, g, x: jax.vjp(lambda p, x: layer.apply(p, x), p, x)[1](g))
     args = (params, g) if cin == 1 else (params, g, x)
-    times.append(best_mean_seconds(lambda: jax.block_until_ready(fn(*args)), repeats, 3))
+    times.append(best_seconds(lambda: jax.block_until_ready(fn(*args)), repeats, 3))
   return times
 
 

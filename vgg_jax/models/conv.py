@@ -46,13 +46,6 @@ def resolve(lowering: str) -> str:
   return lowering
 
 
-def _shifted_views(x):
-  """The nine [N, H, W, C] views of the zero-padded input, row-major over (di, dj)."""
-  h, w = x.shape[1:3]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return [padded[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
-
-
 def conv3x3(x, kernel, lowering: str):
   """SAME 3x3 convolution, stride 1, NHWC x HWIO -> NHWC."""
   lowering = resolve(lowering)
@@ -61,14 +54,13 @@ def conv3x3(x, kernel, lowering: str):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if lowering == "blocked":
     return blocked_conv(x, kernel, None, relu=False)
-  cin, cout = kernel.shape[2:]
-  views = _shifted_views(x)
-  if lowering == "im2col":
-    patches = jnp.concatenate(views, axis=-1)  # Channel order (di, dj, c) = kernel's.
-    return patches @ kernel.reshape(9 * cin, cout)
+  n, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  if lowering == "im2col":  # Channel order (di, dj, c) = the kernel's.
+    return (_gather_taps(x) @ kernel.reshape(9 * cin, cout)).reshape(n, h, w, cout)
   if lowering == "shifted":
     taps = kernel.reshape(9, cin, cout)
-    return sum(v @ taps[t] for t, v in enumerate(views))
+    return sum(v @ taps[t] for t, v in enumerate(_shifted(x)))
   raise ValueError(f"unknown conv lowering {lowering!r}")
 
 
@@ -100,7 +92,7 @@ def block_size(shape, cout: int) -> int:
   return divisor if 2 * divisor >= fits else fits
 
 
-def _shifted(x, mirrored: bool):
+def _shifted(x, mirrored: bool = False):
   """The nine views v_t[p] = x[p + offset_t], or x[p - offset_t] if mirrored
   (zero outside), each as slice-then-pad so that XLA fuses it into its
   consumer rather than materializing a padded copy."""
