@@ -3,9 +3,10 @@
 The VGG16-CIFAR shape: 32x32x1 input, channels 64-128-256-512-512 (VGG16's
 13 convs), one 512 FC, 10 classes, batch 128, SGD + momentum, float32, one
 training step, at full width and at 1/4 width. Prints images/s per lowering
-(xla, im2col, shifted, blocked; `auto` is blocked on CPU), a plain-torch model
-of the same shape, the ratio to PyTorch and the fraction of this machine's
-float32 matmul peak, in one run:
+(xla, im2col, shifted, blocked, onednn; `auto` on CPU is onednn where oneDNN
+is installed, else blocked), a plain-torch model of the same shape, the ratio
+to PyTorch and the fraction of this machine's float32 matmul peak, in one
+run:
 
     python benchmarks/vgg_cpu_conv.py [--repeats 3] [--skip_xla_full]
         [--block_mb 4,8,16] [--per_layer]
@@ -13,7 +14,8 @@ float32 matmul peak, in one run:
 Each figure comes from its own process: on a 2-core machine PyTorch's OpenMP
 threads keep spinning after a step and would slow whatever runs next.
 --per_layer adds forward+backward milliseconds of each of the 13 conv layers
-(conv + bias + ReLU) for the blocked lowering and for PyTorch.
+(conv + bias + ReLU) for the onednn and blocked lowerings and for PyTorch,
+with the oneDNN kernel each layer got.
 """
 
 import argparse
@@ -202,12 +204,18 @@ def main():
 
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks.common import matmul_peak_flops  # pylint: disable=g-import-not-at-top
-  from vgg_jax.models import conv  # pylint: disable=g-import-not-at-top
+  from vgg_jax.models import conv, onednn  # pylint: disable=g-import-not-at-top
   peak = matmul_peak_flops()["peak"]
+  auto = conv.resolve("auto")
   print(f"VGG16 at {SIZE}x{SIZE}x1, one FC, batch {BATCH}, SGD+momentum, float32; "
         f"{os.cpu_count()} CPU cores, jax {jax.__version__}; float32 matmul peak "
-        f"{peak / 1e9:.0f} GFLOP/s; auto = {conv.resolve('auto')} here; "
+        f"{peak / 1e9:.0f} GFLOP/s; auto = {auto} here; "
         f"best of {args.repeats} x {args.steps} steps, each row in its own process")
+  lowerings = ["xla", "im2col", "shifted", "blocked"]
+  if onednn.available():
+    lowerings.append("onednn")
+  else:
+    print(f"onednn lowering unavailable: {onednn.unavailable_reason()}")
   print(f"{'width':<8}{'lowering':<26}{'images/s':>10}{'vs torch':>10}{'of peak':>9}")
   extra_blocks = [int(float(mb) * (1 << 20)) for mb in args.block_mb.split(",") if mb]
   ratios = {}
@@ -215,7 +223,7 @@ def main():
     torch_result = measure(args, label, "torch")
     torch_ips = torch_result and torch_result["ips"]
     rows = []
-    for lowering in ("xla", "im2col", "shifted", "blocked"):
+    for lowering in lowerings:
       if lowering == "xla" and label == "full" and args.skip_xla_full:
         continue
       rows.append((lowering, measure(args, label, lowering)["ips"]))
@@ -224,24 +232,31 @@ def main():
                    measure(args, label, "blocked", block_bytes=block_bytes)["ips"]))
     if torch_ips:
       rows.append((f"PyTorch {torch_result['version']} eager", torch_ips))
-      ratios[label] = dict(rows)["blocked"] / torch_ips
+      ratios[label] = dict(rows)[auto] / torch_ips
     flops = train_flops_per_image(WIDTHS[label])
     for name, ips in rows:
       ratio = f"{ips / torch_ips:.2f}x" if torch_ips else "-"
       print(f"{label:<8}{name:<26}{ips:>10.1f}{ratio:>10}{ips * flops / peak:>9.0%}", flush=True)
   if args.per_layer:
+    columns = [l for l in ("onednn", "blocked") if l in lowerings] + ["torch"]
     for label in WIDTHS:
-      ours = measure(args, label, "blocked", per_layer=True)
-      theirs = measure(args, label, "torch", per_layer=True)
+      times = {c: measure(args, label, c, per_layer=True) for c in columns}
+      times = {c: t for c, t in times.items() if t}
       print(f"\nper-layer forward+backward ms, {label} width (conv + bias + ReLU, batch {BATCH})")
-      print(f"{'layer':<22}{'blocked':>9}{'torch':>9}")
-      for (h, w, cin, cout), a, b in zip(conv_shapes(WIDTHS[label]), ours, theirs or ours):
-        print(f"{f'{h}x{w} {cin}->{cout}':<22}{a * 1e3:>9.1f}"
-              f"{(b * 1e3 if theirs else float('nan')):>9.1f}")
-      print(f"{'sum':<22}{sum(ours) * 1e3:>9.1f}"
-            f"{(sum(theirs) * 1e3 if theirs else float('nan')):>9.1f}")
+      print(f"{'layer':<22}" + "".join(f"{c:>9}" for c in times)
+            + ("   oneDNN kernel (fwd / bwd data / bwd weights)" if "onednn" in times else ""))
+      for i, (h, w, cin, cout) in enumerate(conv_shapes(WIDTHS[label])):
+        kernels = ""
+        if "onednn" in times:
+          kernels = "   " + " / ".join(  # The image needs no input gradient.
+              "-" if kind == "backward_data" and cin == 1 else
+              onednn.implementation((BATCH, h, w, cin), cout, kind)
+              for kind in ("forward", "backward_data", "backward_weights"))
+        print(f"{f'{h}x{w} {cin}->{cout}':<22}"
+              + "".join(f"{t[i] * 1e3:>9.1f}" for t in times.values()) + kernels)
+      print(f"{'sum':<22}" + "".join(f"{sum(t) * 1e3:>9.1f}" for t in times.values()))
   if ratios:
-    print("goal: blocked (auto's CPU choice) >= 1.0x PyTorch at both widths; measured "
+    print(f"goal: auto's CPU choice ({auto}) >= 1.0x PyTorch at both widths; measured "
           + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from vgg_jax import config_lib, models
-from vgg_jax.models import conv
+from vgg_jax.models import conv, onednn
 
-LOWERINGS = ("im2col", "shifted", "blocked")
+# onednn joins where it can be built (test_onednn.py requires it in CI).
+LOWERINGS = ("im2col", "shifted", "blocked") + (("onednn",) if onednn.available() else ())
 
 
 @pytest.mark.parametrize("lowering", LOWERINGS)
@@ -143,12 +144,14 @@ def test_blocked_bfloat16_vgg_stays_close_to_float32():
 
 def test_auto_is_the_default_and_picks_by_backend():
   assert config_lib.base_config().model.conv_lowering == "auto"
-  expected = "blocked" if jax.default_backend() == "cpu" else "xla"
+  expected = "xla"
+  if jax.default_backend() == "cpu":
+    expected = "onednn" if onednn.available() else "blocked"
   assert conv.resolve("auto") == expected
   assert conv.resolve("shifted") == "shifted"
 
 
-@pytest.mark.parametrize("lowering", ("xla", "im2col", "shifted", "blocked"))
+@pytest.mark.parametrize("lowering", ("xla",) + LOWERINGS)
 @pytest.mark.parametrize("size", [16, 17])
 def test_jit_gradient_equals_eager_through_batch_norm_and_pool(lowering, size):
   """Regression: a -inf-padded reshape pool after a batch normalization got
@@ -185,7 +188,7 @@ def test_im2col_training_steps_match_xla_after_updates():
   batch = {"image": rng.integers(0, 256, (32, 32, 32, 1)).astype(np.uint8),
            "label": rng.integers(0, 3, 32).astype(np.int32)}
   norms = {}
-  for lowering in ("xla", "im2col", "blocked"):
+  for lowering in ("xla", "im2col", "blocked") + (("onednn",) if onednn.available() else ()):
     cfg = config_lib.base_config()
     cfg.model.name, cfg.model.width_multiplier, cfg.model.classifier_sizes = "vgg11", 1 / 32, (8,)
     cfg.model.batch_norm, cfg.model.dropout_rate, cfg.model.conv_lowering = True, 0.0, lowering
@@ -200,5 +203,5 @@ def test_im2col_training_steps_match_xla_after_updates():
     for _ in range(4):
       state, m = step(state, batch)
       norms[lowering].append(float(m["grad_norm"]))
-  np.testing.assert_allclose(norms["im2col"], norms["xla"], rtol=1e-4)
-  np.testing.assert_allclose(norms["blocked"], norms["xla"], rtol=1e-4)
+  for lowering, got in norms.items():
+    np.testing.assert_allclose(got, norms["xla"], rtol=1e-4, err_msg=lowering)

@@ -11,7 +11,7 @@ import ml_collections
 
 from vgg_jax import data, models, optim, parallel
 from vgg_jax.errors import ConfigError
-from vgg_jax.models import common
+from vgg_jax.models import common, onednn
 
 
 def _choice(config, key: str, allowed: Iterable[str]):
@@ -104,6 +104,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   else:
     _number(config, "model.width_multiplier", 0, low_open=True)
     _choice(config, "model.conv_lowering", models.conv.CONV_LOWERINGS)
+    if config.model.conv_lowering == "onednn" and not onednn.available():
+      raise ConfigError("model.conv_lowering", "onednn",
+                        f"auto or blocked here (oneDNN unavailable: "
+                        f"{onednn.unavailable_reason()})")
+    if config.model.conv_lowering == "onednn" and config.dtype != "float32":
+      raise ConfigError("model.conv_lowering", "onednn",
+                        f"auto or blocked with dtype={config.dtype} (oneDNN here is float32 only)")
     _positive_ints(config, "model.classifier_sizes", allow_empty=True)
   _choice(config, "model.freeze", ("none", "conv", "all_but_head"))
   _choice(config, "model.pretrained_layers", ("all", "conv"))

@@ -15,8 +15,11 @@ the MXU and is the right choice. So the lowering is a config value:
            sized to stay in cache, with a custom VJP that never materializes
            a patch matrix for the whole batch, bias and ReLU fused, and no
            input gradient for an input that needs none; the same pool;
-- auto:    xla on accelerators, blocked on CPU (measured fastest there,
-           see benchmarks/vgg_cpu_conv.py).
+- onednn:  oneDNN's direct convolution kernels (PyTorch's CPU convolutions)
+           called through XLA's FFI, float32 (onednn.py); needs g++ and
+           oneDNN (libdnnl-dev) at first use;
+- auto:    xla on accelerators; on CPU onednn where it is available, else
+           blocked (measured fastest there, see benchmarks/vgg_cpu_conv.py).
 
 XLA:CPU flags of jaxlib 0.10.2 tried on the VGG16 step, none adopted:
 --xla_cpu_experimental_ynn_fusion_type=individual_convolution (YNNPACK
@@ -37,23 +40,46 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-CONV_LOWERINGS = ("auto", "xla", "im2col", "shifted", "blocked")
+from vgg_jax.models import onednn
+
+CONV_LOWERINGS = ("auto", "xla", "im2col", "shifted", "blocked", "onednn")
 
 
-def resolve(lowering: str) -> str:
+# On CPU, `auto` gives images of at most this many pixels (2x2, 1x1) to the
+# blocked lowering even where oneDNN is available: there five ninths of a
+# direct kernel's products multiply the zero padding, which blocked's
+# valid-taps matmuls skip (forward+backward at batch 128: 11.8 vs 22.8 ms at
+# 2x2x512, 1.4 vs 2.2 at 2x2x128; at 4x4 oneDNN was level or ahead).
+ONEDNN_MIN_PIXELS = 5
+
+
+def resolve(lowering: str, dtype=jnp.float32, shape=None, cout=None) -> str:
+  """The lowering `auto` stands for here, for this compute dtype and (when
+  given) a layer with this [n, h, w, cin] input and cout output channels:
+  onednn where oneDNN has JIT kernels for the layer, else blocked."""
   if lowering == "auto":
-    return "blocked" if jax.default_backend() == "cpu" else "xla"
+    if jax.default_backend() != "cpu":
+      return "xla"
+    if dtype != jnp.float32 or not onednn.available():
+      return "blocked"
+    if shape is not None and shape[1] * shape[2] < ONEDNN_MIN_PIXELS:
+      return "blocked"
+    if shape is not None and cout is not None and not onednn.is_fast(shape, cout):
+      return "blocked"
+    return "onednn"
   return lowering
 
 
 def conv3x3(x, kernel, lowering: str):
   """SAME 3x3 convolution, stride 1, NHWC x HWIO -> NHWC."""
-  lowering = resolve(lowering)
+  lowering = resolve(lowering, x.dtype, x.shape, kernel.shape[-1])
   if lowering == "xla":
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if lowering == "blocked":
     return blocked_conv(x, kernel, None, relu=False)
+  if lowering == "onednn":
+    return onednn.conv(x, kernel)
   n, h, w, cin = x.shape
   cout = kernel.shape[-1]
   if lowering == "im2col":  # Channel order (di, dj, c) = the kernel's.
@@ -397,8 +423,8 @@ class Conv3x3(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
   lowering: str = "auto"
-  # Apply ReLU here: the blocked lowering then adds the bias and applies the
-  # ReLU (and their gradients) in the passes it makes anyway.
+  # Apply ReLU here: the blocked and onednn lowerings then add the bias and
+  # apply the ReLU (and their gradients) in the passes they make anyway.
   relu: bool = False
 
   @nn.compact
@@ -410,6 +436,9 @@ class Conv3x3(nn.Module):
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       bias = bias.astype(self.dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if resolve(self.lowering) == "blocked":
+    lowering = resolve(self.lowering, self.dtype, x.shape, self.features)
+    if lowering == "onednn":
+      return onednn.conv(x, kernel, bias, relu=self.relu)
+    if lowering == "blocked":
       return blocked_conv(x, kernel, bias, relu=self.relu)
     return _bias_act(conv3x3(x, kernel, self.lowering), bias, self.relu)
