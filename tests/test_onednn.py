@@ -94,11 +94,12 @@ def test_auto_never_runs_onednn_reference_code_on_vgg16(multiplier):
   """oneDNN silently falls back to reference loops (100-1000x slower) for
   layouts its JIT kernels do not take (e.g. 4 -> 8 channels); auto gives those
   layers to the blocked lowering. The benchmark's shapes (full and 1/4 width)
-  all get JIT kernels, except the 2x2 layers, which auto keeps on blocked."""
+  all get JIT kernels; only the full-width 2x2 layers stay on blocked."""
   for shape, cout in _vgg16_shapes(multiplier):
     lowering = conv.resolve("auto", jnp.float32, shape, cout)
     if multiplier in (1.0, 0.25):
-      assert lowering == ("blocked" if shape[1] == 2 else "onednn"), (shape, cout)
+      wide_2x2 = shape[1] == 2 and multiplier == 1.0
+      assert lowering == ("blocked" if wide_2x2 else "onednn"), (shape, cout)
     if lowering != "onednn":
       continue
     kinds = ["forward", "backward_weights"] + (["backward_data"] if shape[-1] > 1 else [])
@@ -114,7 +115,8 @@ def test_auto_resolution():
   assert conv.resolve("auto") == ("onednn" if onednn.available() else "blocked")
   assert conv.resolve("auto", jnp.bfloat16) == "blocked"  # oneDNN here is float32 only.
   assert conv.resolve("blocked") == "blocked"
-  assert conv.resolve("auto", jnp.float32, (8, 2, 2, 64), 64) == "blocked"  # Mostly padding.
+  assert conv.resolve("auto", jnp.float32, (8, 2, 2, 512), 512) == "blocked"  # Mostly padding.
+  assert conv.resolve("auto", jnp.float32, (8, 2, 2, 128), 128) == "onednn"
 
 
 def test_bfloat16_model_on_auto_runs_the_blocked_lowering():

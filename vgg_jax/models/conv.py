@@ -45,12 +45,16 @@ from vgg_jax.models import onednn
 CONV_LOWERINGS = ("auto", "xla", "im2col", "shifted", "blocked", "onednn")
 
 
-# On CPU, `auto` gives images of at most this many pixels (2x2, 1x1) to the
-# blocked lowering even where oneDNN is available: there five ninths of a
-# direct kernel's products multiply the zero padding, which blocked's
-# valid-taps matmuls skip (forward+backward at batch 128: 11.8 vs 22.8 ms at
-# 2x2x512, 1.4 vs 2.2 at 2x2x128; at 4x4 oneDNN was level or ahead).
+# On CPU, `auto` gives wide layers on images under this many pixels (2x2,
+# 1x1) to the blocked lowering even where oneDNN is available: five ninths
+# of a direct kernel's products there multiply the zero padding, which
+# blocked's valid-taps matmuls skip (forward+backward at batch 128, 2x2x512:
+# 11 vs 22 ms per layer). Narrower layers stay on oneDNN: at 2x2x128 blocked
+# was faster alone (1.3 vs 1.9 ms) but the whole 1/4-width step ran slower
+# with it, the hand-offs between oneDNN's and XLA's threads costing more
+# than the layer (benchmarks/vgg_cpu_conv.py, auto vs onednn rows).
 ONEDNN_MIN_PIXELS = 5
+ONEDNN_SMALL_IMAGE_MAX_WEIGHTS = 256 * 256  # cin * cout
 
 
 def resolve(lowering: str, dtype=jnp.float32, shape=None, cout=None) -> str:
@@ -62,7 +66,8 @@ def resolve(lowering: str, dtype=jnp.float32, shape=None, cout=None) -> str:
       return "xla"
     if dtype != jnp.float32 or not onednn.available():
       return "blocked"
-    if shape is not None and shape[1] * shape[2] < ONEDNN_MIN_PIXELS:
+    if (shape is not None and cout is not None and shape[1] * shape[2] < ONEDNN_MIN_PIXELS
+        and shape[3] * cout >= ONEDNN_SMALL_IMAGE_MAX_WEIGHTS):
       return "blocked"
     if shape is not None and cout is not None and not onednn.is_fast(shape, cout):
       return "blocked"

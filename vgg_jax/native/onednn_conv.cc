@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <new>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -54,6 +55,7 @@ struct Scratch {
       std::free(b.first);
       b.first = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
       b.second = b.first ? bytes : 0;
+      if (!b.first) throw std::bad_alloc();
     }
     return b.first;
   }
@@ -221,7 +223,7 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                             {DNNL_ARG_DST, memory(p.pd.dst_desc(), Engine(), y->typed_data())},
                             {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd.scratchpad_desc(), 1)}});
     stream.wait();
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {
     return Fail(e.what());
   }
   return ffi::Error::Success();
@@ -266,7 +268,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
     RunBackwardWeights(s, x.typed_data(), g.typed_data(), dw->typed_data(), db->typed_data(),
                        stream);
     stream.wait();
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {
     return Fail(e.what());
   }
   return ffi::Error::Success();
@@ -282,7 +284,7 @@ ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
     RunBackwardWeights(s, x.typed_data(), g.typed_data(), dw->typed_data(), db->typed_data(),
                        stream);
     stream.wait();
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {
     return Fail(e.what());
   }
   return ffi::Error::Success();
@@ -332,7 +334,7 @@ extern "C" int VggOnednnImplInfo(int64_t n, int64_t h, int64_t w, int64_t cin, i
                        : kind == 1 ? Cached<BackwardData>(s).pd.impl_info_str()
                                    : Cached<BackwardWeights>(s).pd.impl_info_str();
     std::snprintf(out, size, "%s", info);
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {
     return -1;
   }
   return 0;
