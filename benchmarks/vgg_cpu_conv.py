@@ -11,6 +11,7 @@ run:
 
     python benchmarks/vgg_cpu_conv.py [--repeats 3] [--skip_xla_full]
         [--block_mb 4,8,16] [--per_layer] [--preload libtcmalloc_minimal.so.4]
+        [--rounds 5 --lowerings auto]
 
 Each figure comes from its own process: on a 2-core machine PyTorch's OpenMP
 threads keep spinning after a step and would slow whatever runs next.
@@ -186,6 +187,11 @@ def child(args):
   print("RESULT " + json.dumps(result))
 
 
+def median_result(results):
+  """The result with the median images/s of several rounds."""
+  return sorted(results, key=lambda r: r["ips"])[len(results) // 2]
+
+
 def measure(args, width, lowering, *, block_bytes=0, per_layer=False):
   cmd = [sys.executable, os.path.abspath(__file__), "--child", "--width", width,
          "--lowering", lowering, "--repeats", str(args.repeats), "--steps", str(args.steps),
@@ -212,6 +218,10 @@ def main():
                       help="also time the blocked lowering with these block sizes (MB), e.g. 4,16")
   parser.add_argument("--per_layer", action="store_true",
                       help="also print per-layer forward+backward ms, blocked vs PyTorch")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="measure every row this many times, alternating; print medians")
+  parser.add_argument("--lowerings", default="",
+                      help="only these rows besides PyTorch, e.g. auto,blocked")
   parser.add_argument("--preload", default="",
                       help="LD_PRELOAD for every row, e.g. libtcmalloc_minimal.so.4")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -245,24 +255,34 @@ def main():
     print(f"onednn lowering unavailable: {onednn.unavailable_reason()}")
   # auto is its own row: it mixes lowerings per layer (conv.resolve).
   lowerings.append("auto")
+  if args.lowerings:
+    lowerings = [l for l in lowerings if l in args.lowerings.split(",")]
+  if args.rounds > 1:
+    print(f"{args.rounds} rounds, rows alternating; each figure is the median of its rounds")
   print(f"{'width':<8}{'lowering':<26}{'images/s':>10}{'vs torch':>10}{'of peak':>9}"
         f"{'faults/step':>13}")
   extra_blocks = [int(float(mb) * (1 << 20)) for mb in args.block_mb.split(",") if mb]
   ratios = {}
   for label in WIDTHS:
-    torch_result = measure(args, label, "torch")
-    torch_ips = torch_result and torch_result["ips"]
-    rows = []
+    jobs = [("torch", "torch", 0)]
     for lowering in lowerings:
-      if lowering == "xla" and label == "full" and args.skip_xla_full:
-        continue
-      rows.append((lowering, measure(args, label, lowering)))
-    for block_bytes in extra_blocks:
-      rows.append((f"blocked, {block_bytes / (1 << 20):g} MB blocks",
-                   measure(args, label, "blocked", block_bytes=block_bytes)))
+      if not (lowering == "xla" and label == "full" and args.skip_xla_full):
+        jobs.append((lowering, lowering, 0))
+    jobs += [(f"blocked, {b / (1 << 20):g} MB blocks", "blocked", b) for b in extra_blocks]
+    # Machine noise drifts over minutes; alternating the rows over several
+    # rounds and taking medians keeps it out of the ratios.
+    results = {name: [] for name, _, _ in jobs}
+    for _ in range(args.rounds):
+      for name, lowering, block_bytes in jobs:
+        results[name].append(measure(args, label, lowering, block_bytes=block_bytes))
+    torch_runs = results.pop("torch")
+    torch_result = None if torch_runs[0] is None else median_result(torch_runs)
+    torch_ips = torch_result and torch_result["ips"]
+    rows = [(name, median_result(r)) for name, r in results.items()]
     if torch_ips:
       rows.append((f"PyTorch {torch_result['version']} eager", torch_result))
-      ratios[label] = dict(rows)["auto"]["ips"] / torch_ips
+      if "auto" in dict(rows):
+        ratios[label] = dict(rows)["auto"]["ips"] / torch_ips
     flops = train_flops_per_image(WIDTHS[label])
     for name, result in rows:
       ips = result["ips"]

@@ -26,7 +26,11 @@ XLA:CPU flags of jaxlib 0.10.2 tried on the VGG16 step, none adopted:
 convolutions: faster than XLA's on 8x8-16x16 layers, 75x slower on 2x2 ones),
 --xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY,
 YNN eltwise/reduce fusion and the concurrency-optimized scheduler switched
-off: all within the run-to-run noise (about 10%).
+off: all within the run-to-run noise (about 10%). jaxlib links oneDNN, but
+--xla_cpu_use_onednn / --xla_cpu_experimental_onednn_custom_call left the
+convolutions alone (the rewriter needs a build with ENABLE_ONEDNN_ASYNC),
+and --xla_cpu_experimental_onednn_fusion_type=dot made the 1/4-width step
+slower (119 vs 99 ms); hence the FFI handlers of the onednn lowering.
 
 Every lowering has the same parameters as flax.linen.Conv (kernel
 [3, 3, Cin, Cout], bias [Cout]) under the same names, so checkpoints and

@@ -116,7 +116,9 @@ def available() -> bool:
         try:
           _state["block"] = _load()
         except FileNotFoundError as e:
-          _state["error"] = f"no C++ compiler ({e.filename})"
+          compiler = os.environ.get("CXX", "g++")
+          _state["error"] = (f"no C++ compiler ({compiler})" if e.filename == compiler
+                             else f"{e.strerror}: {e.filename}")
         except (OSError, RuntimeError) as e:
           _state["error"] = str(e).splitlines()[0]
         if "error" in _state:
