@@ -124,55 +124,55 @@ dnnl::convolution_forward::primitive_desc ForwardPd(const Shape& s) {
   return dnnl::convolution_forward::primitive_desc(desc, Attr(s.relu), Engine());
 }
 
-// One compiled primitive per layer shape, with the weight reorders it needs.
-struct Forward {
-  explicit Forward(const Shape& s)
-      : pd(ForwardPd(s)), conv(pd),
-        reorder_w(dnnl::reorder::primitive_desc(Engine(), UserWeights(s), Engine(),
-                                                pd.weights_desc())) {}
-  dnnl::convolution_forward::primitive_desc pd;
-  dnnl::convolution_forward conv;
+// One compiled primitive per layer shape, with the reorder between the
+// user's HWIO weights and the kernel's weight format it needs.
+template <typename Primitive>
+struct Compiled {
+  using Pd = typename Primitive::primitive_desc;
+  Compiled(const Pd& pd, const memory::desc& from, const memory::desc& to)
+      : pd(pd), conv(pd), reorder_w(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to)) {}
+  Pd pd;
+  Primitive conv;
   dnnl::reorder reorder_w;
 };
 
-struct BackwardData {
-  explicit BackwardData(const Shape& s)
-      : pd(dnnl::convolution_backward_data::desc(
-               dnnl::algorithm::convolution_direct, Activation(s, s.cin, s.cb_in),
-               AnyWeights(s), Activation(s, s.cout, s.cb_out), kOnes, kOnes, kOnes),
-           Attr(false), Engine(), ForwardPd(s)),
-        conv(pd),
-        reorder_w(dnnl::reorder::primitive_desc(Engine(), UserWeights(s), Engine(),
-                                                pd.weights_desc())) {}
-  dnnl::convolution_backward_data::primitive_desc pd;
-  dnnl::convolution_backward_data conv;
-  dnnl::reorder reorder_w;
-};
+using Forward = Compiled<dnnl::convolution_forward>;
+using BackwardData = Compiled<dnnl::convolution_backward_data>;
+using BackwardWeights = Compiled<dnnl::convolution_backward_weights>;
 
-struct BackwardWeights {
-  explicit BackwardWeights(const Shape& s)
-      : pd(dnnl::convolution_backward_weights::desc(
-               dnnl::algorithm::convolution_direct, Activation(s, s.cin, s.cb_in),
-               AnyWeights(s), Bias(s), Activation(s, s.cout, s.cb_out), kOnes, kOnes, kOnes),
-           Attr(false), Engine(), ForwardPd(s)),
-        conv(pd),
-        reorder_w(dnnl::reorder::primitive_desc(Engine(), pd.diff_weights_desc(), Engine(),
-                                                UserWeights(s))) {}
-  dnnl::convolution_backward_weights::primitive_desc pd;
-  dnnl::convolution_backward_weights conv;
-  dnnl::reorder reorder_w;
-};
+Forward MakeForward(const Shape& s) {
+  auto pd = ForwardPd(s);
+  return Forward(pd, UserWeights(s), pd.weights_desc());
+}
+
+BackwardData MakeBackwardData(const Shape& s) {
+  BackwardData::Pd pd(
+      dnnl::convolution_backward_data::desc(
+          dnnl::algorithm::convolution_direct, Activation(s, s.cin, s.cb_in), AnyWeights(s),
+          Activation(s, s.cout, s.cb_out), kOnes, kOnes, kOnes),
+      Attr(false), Engine(), ForwardPd(s));
+  return BackwardData(pd, UserWeights(s), pd.weights_desc());
+}
+
+BackwardWeights MakeBackwardWeights(const Shape& s) {
+  BackwardWeights::Pd pd(
+      dnnl::convolution_backward_weights::desc(
+          dnnl::algorithm::convolution_direct, Activation(s, s.cin, s.cb_in), AnyWeights(s),
+          Bias(s), Activation(s, s.cout, s.cb_out), kOnes, kOnes, kOnes),
+      Attr(false), Engine(), ForwardPd(s));
+  return BackwardWeights(pd, pd.diff_weights_desc(), UserWeights(s));
+}
 
 // Creating a primitive JIT-compiles its kernel (milliseconds), so each shape
 // is built once. Executing one primitive from several threads at once is
 // safe: every call brings its own memory and scratchpad.
 template <typename P>
-const P& Cached(const Shape& s) {
+const P& Cached(const Shape& s, P (*make)(const Shape&)) {
   static std::mutex mu;
   static std::map<decltype(s.Key()), std::unique_ptr<P>> cache;
   std::lock_guard<std::mutex> lock(mu);
   auto& p = cache[s.Key()];
-  if (!p) p = std::make_unique<P>(s);
+  if (!p) p = std::make_unique<P>(make(s));
   return *p;
 }
 
@@ -209,19 +209,14 @@ ffi::Error Valid(const Shape& s) {
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y, bool relu) {
+// Runs body(stream) for a layer, turning exceptions (oneDNN's, allocation
+// failures) into FFI errors.
+template <typename Body>
+ffi::Error Run(const Shape& s, Body body) {
+  if (auto e = Valid(s); e.failure()) return e;
   try {
-    Shape s = ShapeOf(x, *y, relu);
-    if (auto e = Valid(s); e.failure()) return e;
-    const Forward& p = Cached<Forward>(s);
     dnnl::stream stream(Engine());
-    memory weights = KernelWeights(p.pd.weights_desc(), s, w.typed_data(), p.reorder_w, stream, 0);
-    p.conv.execute(stream, {{DNNL_ARG_SRC, memory(p.pd.src_desc(), Engine(), x.typed_data())},
-                            {DNNL_ARG_WEIGHTS, weights},
-                            {DNNL_ARG_BIAS, memory(p.pd.bias_desc(), Engine(), b.typed_data())},
-                            {DNNL_ARG_DST, memory(p.pd.dst_desc(), Engine(), y->typed_data())},
-                            {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd.scratchpad_desc(), 1)}});
+    body(stream);
     stream.wait();
   } catch (const std::exception& e) {
     return Fail(e.what());
@@ -229,8 +224,22 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   return ffi::Error::Success();
 }
 
+ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y, bool relu) {
+  Shape s = ShapeOf(x, *y, relu);
+  return Run(s, [&](dnnl::stream& stream) {
+    const Forward& p = Cached(s, MakeForward);
+    memory weights = KernelWeights(p.pd.weights_desc(), s, w.typed_data(), p.reorder_w, stream, 0);
+    p.conv.execute(stream, {{DNNL_ARG_SRC, memory(p.pd.src_desc(), Engine(), x.typed_data())},
+                            {DNNL_ARG_WEIGHTS, weights},
+                            {DNNL_ARG_BIAS, memory(p.pd.bias_desc(), Engine(), b.typed_data())},
+                            {DNNL_ARG_DST, memory(p.pd.dst_desc(), Engine(), y->typed_data())},
+                            {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd.scratchpad_desc(), 1)}});
+  });
+}
+
 void RunBackwardData(const Shape& s, float* g, float* w, float* dx, dnnl::stream& stream) {
-  const BackwardData& p = Cached<BackwardData>(s);
+  const BackwardData& p = Cached(s, MakeBackwardData);
   memory weights = KernelWeights(p.pd.weights_desc(), s, w, p.reorder_w, stream, 0);
   p.conv.execute(stream, {{DNNL_ARG_DIFF_DST, memory(p.pd.diff_dst_desc(), Engine(), g)},
                           {DNNL_ARG_WEIGHTS, weights},
@@ -240,7 +249,7 @@ void RunBackwardData(const Shape& s, float* g, float* w, float* dx, dnnl::stream
 
 void RunBackwardWeights(const Shape& s, float* x, float* g, float* dw, float* db,
                         dnnl::stream& stream) {
-  const BackwardWeights& p = Cached<BackwardWeights>(s);
+  const BackwardWeights& p = Cached(s, MakeBackwardWeights);
   memory user(UserWeights(s), Engine(), dw);
   bool direct = p.pd.diff_weights_desc() == UserWeights(s);
   memory kernel_dw = direct ? user
@@ -260,34 +269,22 @@ void RunBackwardWeights(const Shape& s, float* x, float* g, float* dw, float* db
 ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                         ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
                         ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
-  try {
-    Shape s = ShapeOf(x, g, false);
-    if (auto e = Valid(s); e.failure()) return e;
-    dnnl::stream stream(Engine());
+  Shape s = ShapeOf(x, g, false);
+  return Run(s, [&](dnnl::stream& stream) {
     RunBackwardData(s, g.typed_data(), w.typed_data(), dx->typed_data(), stream);
     RunBackwardWeights(s, x.typed_data(), g.typed_data(), dw->typed_data(), db->typed_data(),
                        stream);
-    stream.wait();
-  } catch (const std::exception& e) {
-    return Fail(e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 // Weight and bias gradients only (the image needs no input gradient).
 ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                                ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
-  try {
-    Shape s = ShapeOf(x, g, false);
-    if (auto e = Valid(s); e.failure()) return e;
-    dnnl::stream stream(Engine());
+  Shape s = ShapeOf(x, g, false);
+  return Run(s, [&](dnnl::stream& stream) {
     RunBackwardWeights(s, x.typed_data(), g.typed_data(), dw->typed_data(), db->typed_data(),
                        stream);
-    stream.wait();
-  } catch (const std::exception& e) {
-    return Fail(e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 }  // namespace
@@ -330,9 +327,9 @@ extern "C" int VggOnednnImplInfo(int64_t n, int64_t h, int64_t w, int64_t cin, i
   try {
     Shape s{n, h, w, cin, cout, cb_in, cb_out, false};
     if (Valid(s).failure()) return -1;
-    const char* info = kind == 0   ? Cached<Forward>(s).pd.impl_info_str()
-                       : kind == 1 ? Cached<BackwardData>(s).pd.impl_info_str()
-                                   : Cached<BackwardWeights>(s).pd.impl_info_str();
+    const char* info = kind == 0   ? Cached(s, MakeForward).pd.impl_info_str()
+                       : kind == 1 ? Cached(s, MakeBackwardData).pd.impl_info_str()
+                                   : Cached(s, MakeBackwardWeights).pd.impl_info_str();
     std::snprintf(out, size, "%s", info);
   } catch (const std::exception& e) {
     return -1;
