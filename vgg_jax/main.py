@@ -63,6 +63,10 @@ def main(argv):
     cli.fail(str(e), code=1)
   except UserError as e:
     cli.fail(str(e))
+  except Exception:  # pylint: disable=broad-except
+    from vgg_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.wait_for_watchdog()  # A dead peer ends the run here, clearly.
+    raise
   print(f"final step {result['step']}: test_accuracy={result['accuracy']:.4f} "
         f"test_loss={result['loss']:.4f} ({result['wall_seconds']:.1f}s) -> {FLAGS.workdir}")
 

@@ -55,7 +55,23 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
   logger.info("process %d of %d; %d local / %d global devices", jax.process_index(),
               jax.process_count(), jax.local_device_count(), jax.device_count())
   if jax.process_count() > 1 and peer_timeout_s > 0:
-    PeerWatchdog(peer_timeout_s).start()
+    global _watchdog
+    _watchdog = PeerWatchdog(peer_timeout_s)
+    _watchdog.start()
+
+
+_watchdog = None
+
+
+def wait_for_watchdog() -> None:
+  """Called when this process's run raised. A collective can fail on a dead
+  peer (a closed connection) before the watchdog has noticed the silence;
+  exiting then would print a traceback and hang in jax.distributed's exit
+  barrier, which waits for the dead peer. So give the watchdog one timeout
+  to end the run with its line and exit code 3; if every peer is still
+  alive, return, and the caller re-raises this process's own error."""
+  if _watchdog is not None:
+    time.sleep(_watchdog.timeout * 1.2 + 1)
 
 
 class PeerWatchdog:
