@@ -5,9 +5,8 @@ The VGG16-CIFAR shape: 32x32x1 input, channels 64-128-256-512-512 (VGG16's
 training step, at full width and at 1/4 width. Prints images/s per lowering
 (xla, im2col, shifted, blocked, onednn, and auto, which on CPU takes onednn
 where oneDNN is installed and blocked for the wide 2x2 layers), a plain-torch
-model of the same shape, the ratio
-to PyTorch and the fraction of this machine's float32 matmul peak, in one
-run:
+model of the same shape, the ratio to PyTorch and the fraction of this
+machine's float32 matmul peak, in one run:
 
     python benchmarks/vgg_cpu_conv.py [--repeats 3] [--skip_xla_full]
         [--block_mb 4,8,16] [--per_layer] [--preload libtcmalloc_minimal.so.4]
@@ -21,7 +20,7 @@ with the oneDNN kernel each layer got.
 
 --preload runs every row (PyTorch's too) with that library in LD_PRELOAD,
 e.g. tcmalloc: under glibc's malloc both frameworks take a fresh page fault
-for every 4 KB of their large per-step buffers (about 12,000 a step for the
+for every 4 KB of their large per-step buffers (about 11,000 a step for the
 1/4-width VGG16 here), which tcmalloc's retained memory avoids.
 """
 
@@ -217,7 +216,7 @@ def main():
   parser.add_argument("--block_mb", default="",
                       help="also time the blocked lowering with these block sizes (MB), e.g. 4,16")
   parser.add_argument("--per_layer", action="store_true",
-                      help="also print per-layer forward+backward ms, blocked vs PyTorch")
+                      help="also print per-layer forward+backward ms, onednn and blocked vs PyTorch")
   parser.add_argument("--rounds", type=int, default=1,
                       help="measure every row this many times, alternating; print medians")
   parser.add_argument("--lowerings", default="",

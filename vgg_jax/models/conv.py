@@ -70,11 +70,11 @@ def resolve(lowering: str, dtype=jnp.float32, shape=None, cout=None) -> str:
       return "xla"
     if dtype != jnp.float32 or not onednn.available():
       return "blocked"
-    if (shape is not None and cout is not None and shape[1] * shape[2] < ONEDNN_MIN_PIXELS
-        and shape[3] * cout >= ONEDNN_SMALL_IMAGE_MAX_WEIGHTS):
-      return "blocked"
-    if shape is not None and cout is not None and not onednn.is_fast(shape, cout):
-      return "blocked"
+    if shape is not None and cout is not None:
+      _, h, w, cin = shape
+      wide_and_tiny = h * w < ONEDNN_MIN_PIXELS and cin * cout >= ONEDNN_SMALL_IMAGE_MAX_WEIGHTS
+      if wide_and_tiny or not onednn.is_fast(shape, cout):
+        return "blocked"
     return "onednn"
   return lowering
 
@@ -450,4 +450,4 @@ class Conv3x3(nn.Module):
       return onednn.conv(x, kernel, bias, relu=self.relu)
     if lowering == "blocked":
       return blocked_conv(x, kernel, bias, relu=self.relu)
-    return _bias_act(conv3x3(x, kernel, self.lowering), bias, self.relu)
+    return _bias_act(conv3x3(x, kernel, lowering), bias, self.relu)

@@ -9,7 +9,8 @@ bias and ReLU fused; backward: input, weight and bias gradients), wrapped in
 a custom VJP.
 
 The kernels want activations in a channel-blocked layout, [N, C/cb, H, W, cb]
-(cb = 16 with AVX-512, 8 otherwise; plain NHWC when cb does not divide C).
+(cb = 16 with AVX-512, else 8; cb = 1, i.e. NCHW, for the image and widths
+that are not multiples of 8; see channel_blocks).
 The wrapper converts with XLA transposes, which fuse into the work around
 them (the ReLU mask, the pool), so callers see NHWC and HWIO as everywhere
 else and the parameters are flax's.
@@ -143,7 +144,7 @@ def channel_blocks(cin: int, cout: int):
   return 1, out
 
 
-def implementation(shape, cout: int, kind: str = "forward", blocks=None) -> str:
+def implementation(shape, cout: int, kind: str = "forward") -> str:
   """oneDNN's kernel for a conv of an [n, h, w, cin] input, e.g.
   'jit:avx512_core' ('ref:any' is its slow reference code)."""
   if not available():
@@ -151,8 +152,7 @@ def implementation(shape, cout: int, kind: str = "forward", blocks=None) -> str:
   n, h, w, cin = shape
   buf = ctypes.create_string_buffer(256)
   kinds = {"forward": 0, "backward_data": 1, "backward_weights": 2}
-  blocks = blocks or channel_blocks(cin, cout)
-  args = [ctypes.c_int64(v) for v in (n, h, w, cin, cout, *blocks)]
+  args = [ctypes.c_int64(v) for v in (n, h, w, cin, cout, *channel_blocks(cin, cout))]
   rc = _state["lib"].VggOnednnImplInfo(*args, kinds[kind], buf, len(buf))
   return buf.value.decode() if rc == 0 else ""
 
@@ -213,19 +213,24 @@ def _backward(xb, gb, kernel, want_dx: bool):
   return tuple(call(xb, gb, kernel))
 
 
+def _apply(x, kernel, bias, relu: bool):
+  """(y in NHWC; x and y in the kernels' layout)."""
+  cb_in, cb_out = channel_blocks(*kernel.shape[2:])
+  xb = to_blocked(x, cb_in)
+  yb = _forward(xb, kernel, bias, relu, cb_out)
+  return from_blocked(yb), xb, yb
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv(x, kernel, bias, relu: bool):
-  cb_in, cb_out = channel_blocks(*kernel.shape[2:])
-  return from_blocked(_forward(to_blocked(x, cb_in), kernel, bias, relu, cb_out))
+  return _apply(x, kernel, bias, relu)[0]
 
 
 def _conv_fwd(x, kernel, bias, relu):
   # symbolic_zeros: each primal comes wrapped with whether it is being
   # differentiated; no input gradient is computed for the image.
-  cb_in, cb_out = channel_blocks(*kernel.value.shape[2:])
-  xb = to_blocked(x.value, cb_in)
-  yb = _forward(xb, kernel.value, bias.value, relu, cb_out)
-  return from_blocked(yb), (xb, kernel.value, yb if relu else None, x.perturbed)
+  y, xb, yb = _apply(x.value, kernel.value, bias.value, relu)
+  return y, (xb, kernel.value, yb if relu else None, x.perturbed)
 
 
 def _conv_bwd(relu, residuals, g):

@@ -2,14 +2,13 @@
 //
 // XLA:CPU has no fast convolution (jax-ml/jax#31662); PyTorch's CPU conv is
 // oneDNN. These handlers give JAX the same kernels: forward (bias and ReLU
-// fused), backward data, and backward weights (with the bias gradient).
+// fused), and backward (input, weight and bias gradients, or the last two).
 //
 // Activations arrive in oneDNN's channel-blocked layout, as JAX arrays
 // [N, C/cb, H, W, cb]: cb = 16 or 8 (nChw16c, nChw8c), or 1 (NCHW, for the
-// image and widths that are not multiples of 8). The
-// Python side (vgg_jax/models/onednn.py) converts between NHWC and that
-// layout with XLA transposes, which fuse with the elementwise work around
-// them. Weights are HWIO [3, 3, Cin, Cout], as in flax; each call reorders
+// image and widths that are not multiples of 8). The Python side
+// (vgg_jax/models/onednn.py) converts between NHWC and that layout with XLA
+// transposes, which fuse with the elementwise work around them. Weights are HWIO [3, 3, Cin, Cout], as in flax; each call reorders
 // them to the kernel's preferred format (they are small next to activations).
 //
 // Built on first use by vgg_jax/models/onednn.py (g++ and libdnnl-dev).
@@ -54,8 +53,9 @@ struct Scratch {
     if (b.second < bytes) {
       std::free(b.first);
       b.first = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-      b.second = b.first ? bytes : 0;
+      b.second = 0;
       if (!b.first) throw std::bad_alloc();
+      b.second = bytes;
     }
     return b.first;
   }
@@ -76,19 +76,17 @@ struct Shape {
   auto Key() const { return std::make_tuple(n, h, w, cin, cout, cb_in, cb_out, relu); }
 };
 
-tag ActivationTag(int64_t c, int64_t cb) {
-  // The blocked tags first: for C == cb they are NHWC too, and oneDNN's JIT
-  // kernels match them where a plain nhwc tag would fall back to reference
-  // code.
+tag ActivationTag(int64_t cb) {
+  // Blocked tags even where C == cb (physically NHWC): oneDNN's JIT kernels
+  // match them where a plain nhwc tag falls back to reference code.
   if (cb == 16) return tag::nChw16c;
   if (cb == 8) return tag::nChw8c;
   if (cb == 1) return tag::nchw;  // The image: the first-layer kernels read NCHW.
-  if (cb == c) return tag::nhwc;
   return tag::undef;
 }
 
 memory::desc Activation(const Shape& s, int64_t c, int64_t cb) {
-  return memory::desc({s.n, c, s.h, s.w}, memory::data_type::f32, ActivationTag(c, cb));
+  return memory::desc({s.n, c, s.h, s.w}, memory::data_type::f32, ActivationTag(cb));
 }
 
 memory::desc UserWeights(const Shape& s) {  // HWIO
@@ -204,7 +202,7 @@ ffi::Error Fail(const std::string& what) {
 }
 
 ffi::Error Valid(const Shape& s) {
-  if (ActivationTag(s.cin, s.cb_in) == tag::undef || ActivationTag(s.cout, s.cb_out) == tag::undef)
+  if (ActivationTag(s.cb_in) == tag::undef || ActivationTag(s.cb_out) == tag::undef)
     return Fail("unsupported channel block");
   return ffi::Error::Success();
 }
