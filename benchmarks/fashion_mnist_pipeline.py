@@ -43,7 +43,7 @@ def vgg_jax_runner(dataset, scan: bool):
   model = models.create_model(config.model, 10)
   tx, shape = optim.create_optimizer(config.optimizer, total_steps=10_000)
   state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
-  step_fn = functools.partial(train.train_step, head=head, lr_shape=shape,
+  step_fn = functools.partial(train.train_step, head=head, lr_multiplier=shape,
                               preprocess=train.make_preprocess(dataset.info.mean,
                                                                dataset.info.std))
   pipe = pipeline.InMemoryPipeline(dataset, BATCH, seed=0)

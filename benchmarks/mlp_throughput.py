@@ -69,7 +69,7 @@ def main():
   state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
   preprocess = train.make_preprocess(mean=(0.5,), std=(0.25,))
   step_fn = jax.jit(functools.partial(train.train_step, head=head, preprocess=preprocess,
-                                      lr_shape=shape), donate_argnums=0)
+                                      lr_multiplier=shape), donate_argnums=0)
   rng = np.random.default_rng(0)
   batches = [jax.device_put({"image": rng.integers(0, 256, (BATCH, 28, 28, 1), np.uint8),
                              "label": rng.integers(0, 10, (BATCH,), np.int32)})

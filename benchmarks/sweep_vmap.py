@@ -94,7 +94,7 @@ def scaling_child(n):
   state = dp.replicate(train.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1)))
   step = jax.jit(functools.partial(train.train_step, head=models.get_head("category"),
                                    preprocess=train.make_preprocess((0.5,), (0.25,)),
-                                   lr_shape=shape), donate_argnums=0)
+                                   lr_multiplier=shape), donate_argnums=0)
   rng = np.random.default_rng(0)
   batch = dp.shard_batch({"image": rng.integers(0, 256, (128, 28, 28, 1), np.uint8),
                           "label": rng.integers(0, 10, 128).astype(np.int32)})

@@ -83,7 +83,7 @@ def jax_images_per_sec(multiplier, lowering, repeats, steps) -> float:
   holder = [train.create_train_state(jax.random.PRNGKey(0), model, tx, (SIZE, SIZE, 1))]
   step = jax.jit(functools.partial(train.train_step, head=models.get_head("category"),
                                    preprocess=train.make_preprocess((0.5,), (0.25,)),
-                                   lr_shape=shape), donate_argnums=0)
+                                   lr_multiplier=shape), donate_argnums=0)
   rng = np.random.default_rng(0)
   batch = jax.device_put({"image": rng.integers(0, 256, (BATCH, SIZE, SIZE, 1), np.uint8),
                           "label": rng.integers(0, CLASSES, BATCH).astype(np.int32)})

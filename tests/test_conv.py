@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vgg_jax import config_lib, models
-from vgg_jax.models import conv, onednn
+from vgg_jax.models import conv, onednn, pooling
 
 # onednn joins where it can be built (test_onednn.py requires it in CI).
 LOWERINGS = ("im2col", "shifted", "blocked") + (("onednn",) if onednn.available() else ())
@@ -33,9 +33,9 @@ def test_conv_outputs_and_gradients_match_xla(lowering, shape):
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 3)])
 def test_reshape_pool_matches_reduce_window(shape):
   x = jax.random.normal(jax.random.PRNGKey(2), shape)
-  np.testing.assert_array_equal(conv.max_pool2x2(x, "im2col"), conv.max_pool2x2(x, "xla"))
-  g = jax.grad(lambda x: jnp.sum(conv.max_pool2x2(x, "im2col") ** 2))(x)
-  w = jax.grad(lambda x: jnp.sum(conv.max_pool2x2(x, "xla") ** 2))(x)
+  np.testing.assert_array_equal(pooling.max_pool2x2(x, "im2col"), conv.max_pool2x2(x, "xla"))
+  g = jax.grad(lambda x: jnp.sum(pooling.max_pool2x2(x, "im2col") ** 2))(x)
+  w = jax.grad(lambda x: jnp.sum(pooling.max_pool2x2(x, "xla") ** 2))(x)
   np.testing.assert_allclose(g, w, rtol=1e-6)
 
 
@@ -162,7 +162,7 @@ def test_jit_gradient_equals_eager_through_batch_norm_and_pool(lowering, size):
   def net(k):
     y = conv.conv3x3(x, k, lowering)
     y = (y - y.mean((0, 1, 2))) / jnp.sqrt(y.var((0, 1, 2)) + 1e-5)
-    return jnp.sum(jnp.sin(conv.max_pool2x2(jax.nn.relu(y), lowering)))
+    return jnp.sum(jnp.sin(pooling.max_pool2x2(jax.nn.relu(y), lowering)))
 
   np.testing.assert_allclose(jax.jit(jax.grad(net))(k), jax.grad(net)(k), rtol=1e-4, atol=1e-4)
 
@@ -170,9 +170,9 @@ def test_jit_gradient_equals_eager_through_batch_norm_and_pool(lowering, size):
 def test_pool_gradient_goes_to_the_first_maximum_like_reduce_window():
   """Ties (all-zero windows after ReLU) must not split or lose the gradient."""
   x = jnp.array([[0.0, 0.0, 1.0, 3.0], [0.0, 0.0, 3.0, 2.0]]).reshape(1, 2, 4, 1)
-  g = jax.jit(jax.grad(lambda x: jnp.sum(conv.max_pool2x2(x, "im2col") * jnp.array([2.0, 5.0])
+  g = jax.jit(jax.grad(lambda x: jnp.sum(pooling.max_pool2x2(x, "im2col") * jnp.array([2.0, 5.0])
                                                   .reshape(1, 1, 2, 1))))(x)
-  w = jax.grad(lambda x: jnp.sum(conv.max_pool2x2(x, "xla") * jnp.array([2.0, 5.0])
+  w = jax.grad(lambda x: jnp.sum(pooling.max_pool2x2(x, "xla") * jnp.array([2.0, 5.0])
                                  .reshape(1, 1, 2, 1)))(x)
   np.testing.assert_array_equal(g, w)
   assert float(g.sum()) == 7.0
@@ -198,7 +198,7 @@ def test_im2col_training_steps_match_xla_after_updates():
     state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (32, 32, 1))
     step = jax.jit(functools.partial(train.train_step, head=models.get_head("category"),
                                      preprocess=train.make_preprocess((0.5,), (0.25,)),
-                                     lr_shape=shape))
+                                     lr_multiplier=shape))
     norms[lowering] = []
     for _ in range(4):
       state, m = step(state, batch)

@@ -94,7 +94,7 @@ def test_vgg_batch_norm_collects_stats_and_dropout_is_functional():
     ("classic_uniform", 1 / np.sqrt(3 * 400)), ("glorot_uniform", np.sqrt(2 / (400 + 300))),
     ("he_normal", np.sqrt(2 / 400)), ("lecun_normal", np.sqrt(1 / 400))])
 def test_kernel_inits_have_their_variance(init, expected_std):
-  kernel = models.common.kernel_init(init)(jax.random.PRNGKey(0), (400, 300))
+  kernel = models.components.kernel_init(init)(jax.random.PRNGKey(0), (400, 300))
   assert np.std(np.asarray(kernel)) == pytest.approx(expected_std, rel=0.05)
   if init == "classic_uniform":
     assert np.abs(kernel).max() <= 1 / np.sqrt(400)

@@ -41,7 +41,7 @@ def test_one_step_of_each_optimizer_lowers_the_loss(name, config):
   tx, shape = optim.create_optimizer(optimizer_config(name=name, learning_rate=RATES[name]), 10)
   state = train.create_train_state(jax.random.PRNGKey(0), model, tx, dataset.image_shape)
   head = models.get_head("category")
-  step = functools.partial(train.train_step, head=head, preprocess=preprocess, lr_shape=shape)
+  step = functools.partial(train.train_step, head=head, preprocess=preprocess, lr_multiplier=shape)
   eval_fn = functools.partial(train.eval_step, head=head, preprocess=preprocess)
   mask = np.ones(64, np.float32)
   before = eval_fn(state, batch, mask)["loss"]

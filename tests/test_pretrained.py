@@ -169,12 +169,12 @@ def test_frozen_layers_do_not_change():
   model = models.create_model(config.model, 3)
   for freeze, moving in (("conv", {"fc1", "head"}), ("all_but_head", {"head"})):
     config.optimizer.weight_decay = 0.1  # Would move frozen weights if not masked.
-    tx, lr_shape = optim.create_optimizer(config.optimizer, 10, finetune.frozen_fn(freeze))
+    tx, lr_multiplier = optim.create_optimizer(config.optimizer, 10, finetune.frozen_fn(freeze))
     state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (32, 32, 1))
     before = jax.tree.map(np.asarray, state.params)
     step = jax.jit(lambda s, b: train.train_step(
         s, b, head=models.get_head("category"), preprocess=train.make_preprocess((0.5,), (0.5,)),
-        lr_shape=lr_shape))
+        lr_multiplier=lr_multiplier))
     rng = np.random.default_rng(0)
     for _ in range(3):
       batch = {"image": rng.integers(0, 255, (8, 32, 32, 1), dtype=np.uint8),

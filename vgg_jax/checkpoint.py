@@ -33,10 +33,12 @@ class CheckpointError(UserError):
   """No checkpoint in the workdir can be read; the run will not start over it."""
 
 
-def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+def create_manager(workdir: str, keep: int, name: str = "") -> ocp.CheckpointManager:
+  """Checkpoints in workdir/checkpoints (a sweep group's in checkpoints/<name>)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+  directory = os.path.join(workdir, CHECKPOINT_DIR, *([name] if name else []))
+  return ocp.CheckpointManager(os.path.abspath(directory),
                                options=options, item_names=("state", "train_rows"))
 
 
@@ -118,8 +120,12 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
   if jax.process_count() > 1:  # One mover only; the others just skip the step.
     if jax.process_index() != 0:
       return "(moved by process 0)"
-  workdir = os.path.dirname(os.fspath(manager.directory))
-  dest = os.path.join(workdir, CORRUPT_DIR, f"{step}-{int(time.time())}")
+  directory = os.fspath(manager.directory)
+  tag = f"{step}-{int(time.time())}"
+  if os.path.basename(directory) != CHECKPOINT_DIR:  # A sweep group's: checkpoints/<name>.
+    directory, tag = os.path.dirname(directory), f"{os.path.basename(directory)}-{tag}"
+  workdir = os.path.dirname(directory)
+  dest = os.path.join(workdir, CORRUPT_DIR, tag)
   os.makedirs(os.path.dirname(dest), exist_ok=True)
   shutil.move(os.path.join(os.fspath(manager.directory), str(step)), dest)
   manager.reload()  # Forget the step that is gone.

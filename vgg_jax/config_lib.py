@@ -109,7 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
   # or the pmap form. batch_size is global and must divide by the device count.
   c.parallelism = "jit"
   c.num_devices = -1
-  c.batch_size = 64
+  c.batch_size = 64  # -1: full batch (every training example in each step: gradient descent).
   c.eval_batch_size = 512
   c.num_epochs = 30
   c.num_train_steps = -1  # -1: num_epochs * steps_per_epoch.

@@ -11,7 +11,7 @@ import ml_collections
 
 from vgg_jax import data, models, optim, parallel
 from vgg_jax.errors import ConfigError
-from vgg_jax.models import common, onednn
+from vgg_jax.models import components, onednn
 
 
 def _choice(config, key: str, allowed: Iterable[str]):
@@ -58,12 +58,12 @@ def _positive_ints(config, key: str, allow_empty: bool):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks everything that can be checked without loading data."""
-  _choice(config, "dtype", common.DTYPES)
+  _choice(config, "dtype", components.DTYPES)
   _choice(config, "head", models.HEADS)
   _choice(config, "dataset.name", data.DATASETS)
   _choice(config, "model.name", models.MODELS)
-  _choice(config, "model.activation", common.ACTIVATIONS)
-  _choice(config, "model.kernel_init", common.KERNEL_INITS)
+  _choice(config, "model.activation", components.ACTIVATIONS)
+  _choice(config, "model.kernel_init", components.KERNEL_INITS)
   _choice(config, "optimizer.name", optim.OPTIMIZERS)
   _choice(config, "optimizer.schedule", optim.SCHEDULES)
 
@@ -86,7 +86,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, "parallelism", parallel.PARALLELISMS)
   _number(config, "num_devices", 1, integer=True, extra=(-1,))
   _number(config, "seed", 0, integer=True)
-  _number(config, "batch_size", 1, integer=True)
+  _number(config, "batch_size", 1, integer=True, extra=(-1,))  # -1: full batch.
   _number(config, "eval_batch_size", 1, integer=True)
   _number(config, "num_epochs", 1, integer=True)
   _number(config, "num_train_steps", 1, integer=True, extra=(-1,))

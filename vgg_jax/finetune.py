@@ -28,6 +28,7 @@ import numpy as np
 
 from vgg_jax import data, pretrained
 from vgg_jax.errors import ConfigError
+from vgg_jax.models import components
 from vgg_jax.models.vgg import VGGClassifier
 
 logger = logging.getLogger(__name__)
@@ -50,9 +51,10 @@ def frozen_fn(freeze: str) -> Optional[Callable]:
   return mask
 
 
-def apply_pretrained(model_config: ml_collections.ConfigDict, params,
-                     num_channels: int) -> Tuple[Dict, dict]:
-  """params with the pretrained layers put in; and the preprocessing they expect."""
+def load_pretrained(model_config: ml_collections.ConfigDict, params,
+                    num_channels: int) -> Tuple[Dict, dict]:
+  """The pretrained layers that fit `params` (arrays or shapes), and the
+  preprocessing they expect. Read once; merge() puts them into any init."""
   path = model_config.pretrained
   if num_channels != 3:
     raise ConfigError("dataset.channels", num_channels, "3 for ImageNet weights (set "
@@ -66,12 +68,16 @@ def apply_pretrained(model_config: ml_collections.ConfigDict, params,
     del imported["head"]
   pretrained.check_shapes(imported, params, path,
                           only_conv=model_config.pretrained_layers == "conv")
-  merged = dict(params)
-  for layer, arrays in imported.items():
-    merged[layer] = {k: jnp.asarray(v) for k, v in arrays.items()}
+  layers = {layer: {k: jnp.asarray(v) for k, v in arrays.items()}
+            for layer, arrays in imported.items()}
   logger.info("pretrained %s: %d layers from %s (%s preprocessing)", model_config.name,
-              len(imported), path, preprocessing["name"])
-  return merged, preprocessing
+              len(layers), path, preprocessing["name"])
+  return layers, preprocessing
+
+
+def merge(params, layers: Dict) -> Dict:
+  """params with the pretrained layers put in."""
+  return {**params, **layers}
 
 
 def _cache_key(config, cut: str) -> str:
@@ -83,12 +89,10 @@ def _cache_key(config, cut: str) -> str:
   return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def cache_features(config, dataset, model, params, preprocess, workdir: str, num_outputs: int):
-  """(feature Dataset, classifier module, classifier params) for a frozen base.
-
-  The base runs once per split in eval mode; its outputs are saved to
-  workdir/features.npz and reused while the config and weights file match.
-  """
+def cache_features(config, dataset, model, params, preprocess, workdir: str):
+  """The Dataset of a frozen base's outputs: `model` with `params` run once
+  per split in eval mode, saved to workdir/features.npz and reused while the
+  config and weights file match."""
   cut = cut_for(config.model)
   key = _cache_key(config, cut)
   path = os.path.join(workdir, FEATURES_FILE)
@@ -108,6 +112,7 @@ def cache_features(config, dataset, model, params, preprocess, workdir: str, num
       logger.info("cached %s features of %d %s examples", features[split][0].shape[1:],
                   len(y), split)
     if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
       tmp = path + ".tmp.npz"
       np.savez(tmp, key=key, **{f"{s}_x": f[0] for s, f in features.items()},
                **{f"{s}_y": f[1] for s, f in features.items()})
@@ -115,21 +120,22 @@ def cache_features(config, dataset, model, params, preprocess, workdir: str, num
   dim = features["train"][0].shape[1:]
   info = dataclasses.replace(dataset.info, image_shape=tuple(dim), mean=(0.0,), std=(1.0,),
                              source=dataset.info.source + f", cached {cut} features")
-  classifier = classifier_for(config.model, num_outputs)
-  return data.Dataset(info, features), classifier, {k: params[k] for k in classifier_layers(
-      config.model)}
+  return data.Dataset(info, features)
 
 
 def cut_for(model_config) -> str:
   return "conv" if model_config.freeze == "conv" else "fc"
 
 
-def classifier_for(model_config, num_outputs: int) -> VGGClassifier:
-  """The module that trains on cached features: the VGG's layers after the cut."""
+def classifier_for(model_config, num_outputs: int, dtype: str = "float32") -> VGGClassifier:
+  """The module that trains on cached features: the VGG's layers after the
+  cut, with the VGG's activation, init and compute dtype."""
   return VGGClassifier(num_outputs=num_outputs,
                        classifier_sizes=tuple(model_config.classifier_sizes),
                        dropout_rate=model_config.dropout_rate,
-                       kernel_init=model_config.kernel_init, start=cut_for(model_config))
+                       activation=model_config.activation,
+                       kernel_init=model_config.kernel_init,
+                       dtype=components.DTYPES[dtype], start=cut_for(model_config))
 
 
 def classifier_layers(model_config):

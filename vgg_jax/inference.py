@@ -46,10 +46,49 @@ def imagenet_names(path=None) -> List[str]:
     raise UserError(f"cannot read class names from {path}: {e}") from None
 
 
+def restore_for_inference(workdir: str):
+  """(model, variables, model_info, head) from a run's newest checkpoint.
+
+  The state is built by the training program builder, as in training. For a
+  run on cached features the checkpoint holds the classifier; the frozen
+  base comes from the pretrained file again, making a whole VGG.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vgg_jax import checkpoint, data  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import program as program_lib  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  paths = [os.path.join(workdir, f) for f in ("config.json", workdir_lib.MODEL_INFO_FILE)]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise UserError(f"{workdir} holds no trained run ({', '.join(missing)} missing)")
+  with open(paths[0]) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(paths[1]) as f:
+    info = json.load(f)
+  names = tuple(info["class_names"])
+  if not config.model.cache_features:  # The checkpoint has every layer: no weights file needed.
+    config.model.pretrained = ""
+  program = program_lib.build(config, data.DatasetInfo(
+      name=config.dataset.name, num_classes=len(names), class_names=names,
+      image_shape=tuple(info["image_shape"]), mean=tuple(info["mean"]), std=tuple(info["std"]),
+      source=workdir), total_steps=1)
+  manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
+  state, step, _ = checkpoint.restore_latest(manager, program.create_state())
+  manager.close()
+  if not step:
+    raise UserError(f"{workdir} has no checkpoint yet")
+  params = state.params
+  if program.cached:
+    params = {**program.full_params(config.seed), **params}
+  variables = {"params": params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return program.full_model, variables, info, program.head
+
+
 def run_classifier(workdir: str):
   """(apply_fn(images uint8) -> probabilities, class names, image shape) of a run."""
-  from vgg_jax import train  # pylint: disable=g-import-not-at-top
-  model, variables, info, head = train.restore_for_inference(workdir)
+  model, variables, info, head = restore_for_inference(workdir)
   mean, std = info["mean"], info["std"]
   probabilities = probabilities_fn(model, variables, mean, std, head)
   return probabilities, info["class_names"], tuple(info["image_shape"])

@@ -116,12 +116,19 @@ class Progress:
   pure training since the last mark.
   """
 
-  def __init__(self, total_steps: int):
+  def __init__(self, total_steps: int, train_seconds: float = 0.0):
+    """train_seconds: timed training before this process (a resumed run's)."""
     self.total_steps = total_steps
     self._mark_time: Optional[float] = None
     self._mark_step = 0
     self._timed_steps = 0
     self._timed_seconds = 0.0
+    self._earlier_seconds = train_seconds
+
+  @property
+  def train_seconds(self) -> float:
+    """Training time so far (compile, eval and checkpoints left out), up to the last rate()."""
+    return self._earlier_seconds + self._timed_seconds
 
   def mark(self, step: int) -> None:
     self._mark_time, self._mark_step = time.perf_counter(), step

@@ -14,6 +14,12 @@ other override (depth, width, batch size, optimizer name, dropout, ...)
 changes the program, so those runs form separate groups, run one after
 another in the same command.
 
+Each group trains through the one engine (vgg_jax.training), so a sweep
+has what a single run has: checkpoints every checkpoint_every_steps (a
+killed sweep resumes mid-group), pretrained weights, frozen layers and
+cached features, and a status.json (the sweep's, listing every run). A
+group of one is a single run's program, not vmapped.
+
 A model whose loss turns non-finite is frozen at its last finite state and
 marked diverged; its siblings keep training untouched. `--sweep_shard=i/n`
 keeps runs i, i+n, i+2n, ... so n workers cover the list exactly once.
@@ -21,30 +27,27 @@ Every eval writes one tidy row per run to results.csv; rerunning skips runs
 that already finished.
 """
 
-import csv
 import functools
 import itertools
 import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from vgg_jax import config_validation, data, faults, models, optim, parallel, train
-from vgg_jax.data import pipeline
+from vgg_jax import config_validation
 from vgg_jax.errors import ConfigError
+from vgg_jax.training.program import INJECTED_KEYS
 
 logger = logging.getLogger(__name__)
 
 # Past this many FLOPs per model step, CPU runs the models one by one (vmap_size):
 # just above the largest model benchmarks/sweep_vmap.py measured.
 CPU_VMAP_MAX_FLOPS = 2e9
-VMAPPED = ("seed", "optimizer.learning_rate", "optimizer.momentum", "optimizer.weight_decay")
+# Values the members of one program may differ in (the rest changes the program).
+VMAPPED = INJECTED_KEYS
 RESULTS_FILE = "results.csv"
 PROBES_FILE = "probes.csv"
 Run = Dict[str, object]
@@ -134,160 +137,61 @@ def _group_key(overrides: Run) -> Tuple:
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1",
               probe=None) -> List[Dict]:
-  """Runs this shard's part of config.sweep; returns one result dict per run.
+  """Runs this shard's part of config.sweep; returns one result dict per run trained.
 
   `probe(state, images, labels, head) -> {name: scalar}`, if given, is
   measured per model on a fixed batch of training examples at step 0 and at
   every eval, into probes.csv (e.g. per-layer gradient norms).
   """
+  from vgg_jax.training import engine, sweep_group  # pylint: disable=g-import-not-at-top
   runs = runs_from_config(config)
   index, count = parse_shard(shard)
   mine = [(i, r) for i, r in enumerate(runs) if i % count == index]
   configs = {i: apply_overrides(config, r) for i, r in mine}
-  for i, c in configs.items():  # Every run's config is checked before anything runs.
+  for c in configs.values():  # Every run's config is checked before anything runs.
     config_validation.validate(c)
   keys = sorted({k for r in runs for k in r})
   os.makedirs(workdir, exist_ok=True)
   suffix = ".csv" if count == 1 else f"-shard{index}of{count}.csv"
-  writer = ResultsWriter(os.path.join(workdir, RESULTS_FILE.replace(".csv", suffix)), keys)
-  finished = writer.finished_runs()
-  probe_writer = None if probe is None else ResultsWriter(
+  writer = sweep_group.ResultsWriter(os.path.join(workdir, RESULTS_FILE.replace(".csv", suffix)),
+                                     keys)
+  probe_writer = None if probe is None else sweep_group.ResultsWriter(
       os.path.join(workdir, PROBES_FILE.replace(".csv", suffix)), keys,
-      fields=ResultsWriter.PROBE_FIELDS, finished=finished)
-  todo = [(i, r) for i, r in mine if i not in finished]
-  logger.info("sweep: %d runs, %d in shard %s, %d already finished", len(runs), len(mine),
-              shard, len(mine) - len(todo))
+      fields=sweep_group.ResultsWriter.PROBE_FIELDS)
+  finished = writer.finished_runs()
+  status = sweep_group.SweepStatus(workdir, [i for i, _ in mine], finished)
   groups: Dict[Tuple, List] = {}
-  for i, r in todo:
-    groups.setdefault(_group_key(r), []).append((i, r))
-  results = []
-  start = time.time()
-  datasets = {}  # Groups usually share their data: load it once.
+  for i, r in mine:
+    groups.setdefault(_group_key(r), []).append(
+        engine.Member(configs[i], run_id=i, overrides=r))
+  logger.info("sweep: %d runs, %d in shard %s, %d already finished", len(runs), len(mine),
+              shard, len(set(configs) & finished))
+  results, start, datasets = [], time.time(), {}
   for members in groups.values():
-    results += train_group(configs[members[0][0]], members, writer, start, probe, probe_writer,
-                           datasets)
+    group_config = members[0].config
+    dataset = _load_once(datasets, group_config)
+    k = vmap_size(group_config, dataset.info, len(members))
+    for first in range(0, len(members), k):
+      part = members[first:first + k]
+      # A program all of whose runs are unfinished resumes from its checkpoint;
+      # where some finished, the others train again as a program of their own.
+      part = [m for m in part if m.run_id not in finished]
+      if not part:
+        continue
+      outputs = sweep_group.GroupOutputs(workdir, part, writer, status, start, probe,
+                                         probe_writer)
+      results += sweep_group.train_group(group_config, dataset, part, outputs)
+  status.write()
   return results
 
 
-class ResultsWriter:
-  """results.csv: one tidy row per run per eval (process 0 writes).
-
-  Splits: "train" averages the training minibatches since the previous eval
-  (dropout and augmentation on); "train_eval" (with config.eval_train_examples),
-  "validation" and "test" are evaluations. train_seconds counts the group's
-  training time only (no compile, no eval): with K models vmapped together it
-  is their shared time. On reopening, rows of unfinished runs are dropped:
-  those runs start over.
-  """
-
-  FIELDS = ("step", "epoch", "split", "loss", "accuracy", "status", "train_seconds",
-            "wall_seconds")
-  PROBE_FIELDS = ("step", "name", "value")
-
-  def __init__(self, path: str, keys: List[str], fields: Sequence[str] = FIELDS,
-               finished=None):
-    self.path, self.keys, self.fields = path, keys, tuple(fields)
-    self.enabled = jax.process_index() == 0
-    rows = self._read()
-    if finished is None:
-      finished = {int(r["run_id"]) for r in rows if r.get("status") in ("done", "diverged")}
-    self._finished = set(finished)
-    if self.enabled:
-      tmp = path + ".tmp"
-      with open(tmp, "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["run_id", *keys, *self.fields])
-        for r in rows:
-          if int(r["run_id"]) in self._finished:
-            out.writerow([r["run_id"], *[r.get(k, "") for k in keys],
-                          *[r.get(k, "") for k in self.fields]])
-      os.replace(tmp, path)
-
-  def _read(self) -> List[Dict]:
-    if not os.path.exists(self.path):
-      return []
-    with open(self.path, newline="") as f:
-      return list(csv.DictReader(f))
-
-  def finished_runs(self) -> set:
-    return set(self._finished)
-
-  def write_many(self, rows) -> None:
-    if not self.enabled:
-      return
-    with open(self.path, "a", newline="") as f:
-      out = csv.writer(f)
-      for run_id, overrides, row in rows:
-        out.writerow([run_id, *[overrides.get(k, "") for k in self.keys],
-                      *[row[k] for k in self.fields]])
-
-
-def _stack(trees):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _member_state(config, model, tx, image_shape):
-  state = train.create_train_state(jax.random.PRNGKey(config.seed), model, tx, image_shape)
-  for name in ("learning_rate", "momentum", "weight_decay"):
-    state.opt_state.hyperparams[name] = jnp.asarray(config.optimizer[name], jnp.float32)
-  return state
-
-
-def sweep_chunk(states, alive, images, labels, orders, first, *, length: int, batch_size: int,
-                step_fn, batch_sharding=None):
-  """train_chunk for K stacked models; a member whose loss turns non-finite
-  keeps its last finite state from then on (alive -> False)."""
-
-  def one(state, alive, order):
-    def body(carry, i):
-      state, alive = carry
-      batch = pipeline.gather_batch(images, labels, order, first + i, batch_size,
-                                    batch_sharding)
-      new_state, m = step_fn(state, batch)
-      ok = alive & jnp.isfinite(m["loss"]) & jnp.isfinite(m["grad_norm"])
-      state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
-      return (state, ok), m
-
-    (state, alive), m = jax.lax.scan(body, (state, alive), jnp.arange(length))
-    return state, alive, m
-
-  return jax.vmap(one, in_axes=(0, 0, 0))(states, alive, orders)
-
-
-def _chunk_with_sums(*args, **kwargs):
-  """sweep_chunk, returning per-model sums of the step metrics instead of
-  every step's: inside the compiled program, so no host-side op compiles
-  per chunk length on the train_seconds clock."""
-  states, alive, m = sweep_chunk(*args, **kwargs)
-  return states, alive, {k: jnp.sum(m[k], axis=1) for k in ("loss", "accuracy")}
-
-
-def train_group(config, members: List[Tuple[int, Run]], writer: ResultsWriter,
-                sweep_start: float, probe=None, probe_writer=None,
-                datasets: Optional[Dict] = None) -> List[Dict]:
-  """Trains one group of value-only variants, vmap_size models per program.
-
-  `datasets` caches loaded datasets by their config across groups.
-  """
-  datasets = {} if datasets is None else datasets
+def _load_once(datasets: Dict, config):
+  """Groups usually share their data: each dataset config is loaded once."""
+  from vgg_jax import data  # pylint: disable=g-import-not-at-top
   key = json.dumps(config.dataset.to_dict(), sort_keys=True, default=str)
   if key not in datasets:
     datasets[key] = data.load(config.dataset)
-  dataset = datasets[key]
-  if not isinstance(dataset, data.Dataset):
-    raise ConfigError("dataset.pipeline", config.dataset.pipeline,
-                      "memory for sweeps (models share the device-resident data)")
-  info = dataset.info
-  total_steps = train.total_train_steps(config, dataset.num_train)
-  num_devices = parallel.resolve_num_devices(config.num_devices)
-  config_validation.validate_derived(config, dataset.num_train, total_steps, info.num_classes,
-                                     num_devices)
-  k = vmap_size(config, info, len(members))
-  program = GroupProgram(config, dataset, total_steps, num_devices, probe)
-  results = []
-  for start in range(0, len(members), k):
-    results += program.train(members[start:start + k], writer, sweep_start, probe_writer)
-  return results
+  return datasets[key]
 
 
 def vmap_size(config, info, num_members: int) -> int:
@@ -299,149 +203,27 @@ def vmap_size(config, info, num_members: int) -> int:
   is at least as efficient as K plain ones there. Beyond the measured range
   (CPU_VMAP_MAX_FLOPS) nothing backs that up, and K stacked copies of a big
   model cost K times the memory, so the models then run one after another.
+  The pmap form and the streaming pipeline train one model per program.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   if config.sweep_vmap_size != -1:
     return config.sweep_vmap_size
+  if config.parallelism == "pmap" or config.dataset.pipeline == "streaming":
+    return 1
   if jax.default_backend() != "cpu":
     return num_members
-  flops = 6 * config.batch_size * _num_params(config, info)
+  batch = config.batch_size if config.batch_size > 0 else 1024  # Full batch: large anyway.
+  flops = 6 * batch * _num_params(config, info)
   return num_members if flops <= CPU_VMAP_MAX_FLOPS else 1
 
 
 def _num_params(config, info) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vgg_jax import models  # pylint: disable=g-import-not-at-top
   head = models.get_head(config.head)
   model = models.create_model(config.model, head.num_outputs(info.num_classes), config.dtype)
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct((1,) + tuple(info.image_shape), jnp.float32))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
-
-
-class GroupProgram:
-  """The compiled pieces of one group, shared by its chunks of K models."""
-
-  PROBE_EXAMPLES = 512
-
-  def __init__(self, config, dataset, total_steps, num_devices, probe=None):
-    self.config, self.dataset, self.total_steps = config, dataset, total_steps
-    info = dataset.info
-    head = models.get_head(config.head)
-    self.model = models.create_model(config.model, head.num_outputs(info.num_classes),
-                                     config.dtype)
-    self.tx, lr_shape = optim.create_optimizer(config.optimizer, total_steps)
-    self.dp = parallel.DataParallel.create(num_devices)
-    preprocess = train.make_preprocess(info.mean, info.std, models.common.DTYPES[config.dtype],
-                                       config.dataset.crop_padding, config.dataset.flip)
-    eval_preprocess = train.make_preprocess(info.mean, info.std,
-                                            models.common.DTYPES[config.dtype])
-    step_fn = functools.partial(train.train_step, head=head, preprocess=preprocess,
-                                lr_shape=lr_shape)
-    self.chunk = jax.jit(functools.partial(
-        _chunk_with_sums, batch_size=config.batch_size, step_fn=step_fn,
-        batch_sharding=self.dp.batch_sharding if num_devices > 1 else None),
-                         static_argnames="length", donate_argnums=(0, 1))
-    self._compiled = {}
-    self.eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, head=head,
-                                                      preprocess=eval_preprocess),
-                                    in_axes=(0, None, None)))
-    self.pipe = pipeline.InMemoryPipeline(dataset, config.batch_size, config.seed,
-                                          place=self.dp.replicate,
-                                          eval_train_examples=config.eval_train_examples)
-    self.probe = None
-    if probe is not None:
-      x, y = dataset.splits["train"]
-      n = min(self.PROBE_EXAMPLES, len(y))
-      images = eval_preprocess(jnp.asarray(x[:n]))
-      probe_one = functools.partial(probe, head=head)
-      vmapped = jax.jit(jax.vmap(probe_one, in_axes=(0, None, None)))
-      self.probe = lambda states: jax.device_get(vmapped(states, images, jnp.asarray(y[:n])))
-
-  def _compiled_chunk(self, states, alive, orders, first, length):
-    """The chunk program for this length and member count, compiled once."""
-    key = (length, alive.shape[0])
-    if key not in self._compiled:
-      images, labels = self.pipe.arrays["train"]
-      self._compiled[key] = self.chunk.lower(states, alive, images, labels, orders, first,
-                                             length=length).compile()
-    return self._compiled[key]
-
-  def train(self, members, writer, sweep_start, probe_writer=None):
-    """Trains `members` as one vmapped program; returns one result dict each.
-
-    Chunks are scans that end at epoch ends and at eval points, so evals land
-    exactly every eval_every_steps.
-    """
-    config, dataset, total_steps, dp = self.config, self.dataset, self.total_steps, self.dp
-    member_configs = [apply_overrides(config, r) for _, r in members]
-    states = dp.replicate(_stack([_member_state(c, self.model, self.tx,
-                                                dataset.info.image_shape)
-                                  for c in member_configs]))
-    alive = dp.replicate(np.ones(len(members), bool))
-    pipe = self.pipe
-    images, labels = pipe.arrays["train"]
-    spe = pipe.steps_per_epoch
-    eval_every = spe if config.eval_every_steps == -1 else config.eval_every_steps
-    eval_splits = [s for s in ("train_eval",) + train.EVAL_SPLITS if s in pipe.arrays]
-    logger.info("sweep group of %d (%s): %d steps each", len(members),
-                ", ".join(f"{k}={v}" for k, v in members[0][1].items() if k not in VMAPPED)
-                or "values only", total_steps)
-    self._write_probes(states, 0, members, probe_writer)
-
-    step, last, train_seconds = 0, {}, 0.0
-    orders_epoch, orders, sums, count = None, None, None, 0
-    while step < total_steps:
-      epoch, first = divmod(step, spe)
-      if epoch != orders_epoch:
-        orders_epoch = epoch
-        orders = dp.replicate(np.stack([np.asarray(pipeline.epoch_permutation(
-            c.seed, epoch, pipe.num_examples["train"])) for c in member_configs]))
-      next_eval = (step // eval_every + 1) * eval_every
-      length = min(spe - first, next_eval - step, total_steps - step)
-      run_chunk = self._compiled_chunk(states, alive, orders, first, length)
-      tick = time.perf_counter()  # Compile is off the clock; the chunk is on it.
-      states, alive, chunk_sums = parallel.bounded_dispatch(
-          run_chunk(states, alive, images, labels, orders, first), dp.num_devices)
-      chunk_sums = jax.device_get(chunk_sums)  # Waits for the chunk.
-      train_seconds += time.perf_counter() - tick
-      sums = chunk_sums if sums is None else {k: sums[k] + v for k, v in chunk_sums.items()}
-      count += length
-      prev, step = step, step + length
-      if step != total_steps and not train.crossed(eval_every, prev, step):
-        continue
-      alive_host = np.asarray(jax.device_get(alive))
-      means = {"train": {k: np.asarray(v) / count for k, v in sums.items()}}
-      sums, count = None, 0
-      splits = [s for s in eval_splits
-                if s != "test" or config.test_every_eval or step == total_steps]
-      for split in splits:
-        means[split] = train.eval_means(self.eval_fn, states,
-                                        pipe.eval_batches(split, config.eval_batch_size))
-      rows = []
-      for j, (run_id, overrides) in enumerate(members):
-        status = "done" if step == total_steps else "running"
-        if not alive_host[j]:
-          status = "diverged"
-        for split in ("train", *splits):
-          row = {"step": step, "epoch": round(step / spe, 4), "split": split,
-                 "loss": float(means[split]["loss"][j]),
-                 "accuracy": float(means[split]["accuracy"][j]),
-                 "status": status if split == eval_splits[-1] else "running",
-                 "train_seconds": round(train_seconds, 4),
-                 "wall_seconds": round(time.time() - sweep_start, 3)}
-          rows.append((run_id, overrides, row))
-          last.setdefault(run_id, {})[split] = row
-      self._write_probes(states, step, members, probe_writer)  # Before "done" lands.
-      writer.write_many(rows)
-      faults.maybe_kill("sweep_eval", step)
-      logger.info("sweep step %d/%d: %s accuracy %s", step, total_steps, splits[-1],
-                  " ".join(f"{last[r][splits[-1]]['accuracy']:.3f}" for r, _ in members))
-    return [{"run_id": run_id, **overrides, **{f"{s}_{k}": last[run_id][s][k]
-                                               for s in eval_splits for k in ("loss", "accuracy")},
-             "status": last[run_id][eval_splits[-1]]["status"]} for run_id, overrides in members]
-
-  def _write_probes(self, states, step, members, probe_writer):
-    if self.probe is None or probe_writer is None:
-      return
-    values = self.probe(states)
-    probe_writer.write_many([
-        (run_id, overrides, {"step": step, "name": name, "value": float(v[j])})
-        for j, (run_id, overrides) in enumerate(members) for name, v in sorted(values.items())])

@@ -70,7 +70,7 @@ def block_outputs(model, variables, images, mean, std):
   """[(block name, maps [h, w, c])] after each block's pool, for images[0]."""
   import jax  # pylint: disable=g-import-not-at-top
   from vgg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from vgg_jax.models import conv  # pylint: disable=g-import-not-at-top
+  from vgg_jax.models import pooling  # pylint: disable=g-import-not-at-top
   _, state = model.apply(variables, pipeline.normalize(images, mean, std), train=False,
                          capture_intermediates=lambda mdl, method: mdl.name is not None
                          and mdl.name.startswith("conv") and method == "__call__",
@@ -82,7 +82,7 @@ def block_outputs(model, variables, images, mean, std):
     stage = n.split("_")[0]
     last[stage] = n
   return [(f"block {stage[4:]}",
-           np.asarray(conv.max_pool2x2(jax.nn.relu(inter[n]["__call__"][0]), "xla"))[0])
+           np.asarray(pooling.max_pool2x2(jax.nn.relu(inter[n]["__call__"][0]), "xla"))[0])
           for stage, n in last.items()]
 
 
@@ -94,8 +94,7 @@ def main(argv):
              prog="vgg_jax.visualize")
   try:
     if FLAGS.workdir:
-      from vgg_jax import train  # pylint: disable=g-import-not-at-top
-      model, variables, info, _ = train.restore_for_inference(FLAGS.workdir)
+      model, variables, info, _ = inference.restore_for_inference(FLAGS.workdir)
       mean, std, shape = info["mean"], info["std"], tuple(info["image_shape"])
     else:
       model, variables, mean, std = inference.model_from_weights(FLAGS.weights, FLAGS.model)

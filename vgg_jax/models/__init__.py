@@ -7,7 +7,7 @@ collection is VGG's optional 'batch_stats'.
 import flax.linen as nn
 import ml_collections
 
-from vgg_jax.models import common, conv
+from vgg_jax.models import components, conv, pooling
 from vgg_jax.models.heads import HEADS, Head, get_head
 from vgg_jax.models.mlp import MLP
 from vgg_jax.models.vgg import VGG, VGG_STAGES, min_input_size
@@ -19,7 +19,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_outputs: int,
                  dtype: str = "float32", bn_axis_name=None) -> nn.Module:
   """Builds the module named by model_config.name."""
   name = model_config.name
-  compute_dtype = common.DTYPES[dtype]
+  compute_dtype = components.DTYPES[dtype]
   if name == "mlp":
     return MLP(hidden_sizes=tuple(model_config.hidden_sizes), num_outputs=num_outputs,
                activation=model_config.activation, kernel_init=model_config.kernel_init,
@@ -43,5 +43,5 @@ def required_input_size(model_config: ml_collections.ConfigDict) -> int:
   return 1
 
 
-__all__ = ["MODELS", "HEADS", "common", "conv", "Head", "get_head", "create_model", "required_input_size",
+__all__ = ["MODELS", "HEADS", "components", "conv", "pooling", "Head", "get_head", "create_model", "required_input_size",
            "MLP", "VGG", "VGG_STAGES"]

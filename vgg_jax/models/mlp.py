@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vgg_jax.models import common
+from vgg_jax.models import components
 
 
 class MLP(nn.Module):
@@ -25,8 +25,8 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    act = common.activation(self.activation)
-    init = common.kernel_init(self.kernel_init)
+    act = components.activation(self.activation)
+    init = components.kernel_init(self.kernel_init)
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.input_dropout_rate, deterministic=not train)(x)
     for i, width in enumerate(self.hidden_sizes):

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vgg_jax.models import common, conv
+from vgg_jax.models import components, conv, pooling
 
 # Channels of each conv, grouped by stage (one stage per max pool).
 VGG_STAGES = {
@@ -64,8 +64,8 @@ class VGG(nn.Module):
       raise ValueError(
           f"input {height}x{width} is too small for {len(self.stages)} 2x2 poolings; "
           f"need at least {min_input_size(self.stages)}x{min_input_size(self.stages)}")
-    act = common.activation(self.activation)
-    init = common.kernel_init(self.kernel_init)
+    act = components.activation(self.activation)
+    init = components.kernel_init(self.kernel_init)
     fuse_relu = self.activation == "relu" and not self.batch_norm
     for s, stage in enumerate(self.stages, start=1):
       for i, channels in enumerate(stage, start=1):
@@ -78,7 +78,7 @@ class VGG(nn.Module):
                            name=f"bn{s}_{i}")(x)
         if not fuse_relu:
           x = act(x)
-      x = conv.max_pool2x2(x, self.conv_lowering)
+      x = pooling.max_pool2x2(x, self.conv_lowering)
     x = x.reshape((x.shape[0], -1))
     if cut == "conv":
       return x
@@ -89,8 +89,8 @@ def classifier(module, x, *, train: bool, start: str = "conv", cut: Optional[str
   """The FC-ReLU-Dropout blocks and the head, created in `module`'s scope with
   the names fc{j} and head; from the conv features (start="conv") or from the
   last FC activations (start="fc": dropout, then the head only)."""
-  act = common.activation(module.activation)
-  init = common.kernel_init(module.kernel_init)
+  act = components.activation(module.activation)
+  init = components.kernel_init(module.kernel_init)
   if start == "conv":
     for j, size in enumerate(module.classifier_sizes, start=1):
       x = nn.Dense(size, kernel_init=init, dtype=module.dtype, name=f"fc{j}")(x)

@@ -1,4 +1,4 @@
-"""Activations and kernel initializers chosen by name from the config."""
+"""Building blocks chosen by config name: activations, kernel initializers, compute dtypes."""
 
 import flax.linen as nn
 import jax

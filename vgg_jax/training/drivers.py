@@ -1,0 +1,187 @@
+"""Drivers: the compiled forms of training, each yielding (state, step, metrics) chunks.
+
+Every driver yields (state after the chunk, step reached, stacked metrics)
+with the metrics' leading axis over members ([K, steps, ...]), so the loop
+reads one shape whatever ran:
+
+- memory_chunks: the in-memory pipeline, one lax.scan per chunk (or one
+  step per call without scan_epoch), jit data parallel over a mesh; K=1,
+  the program is not vmapped, so a single run pays nothing for sweeps;
+- members_chunks: K models vmapped into one program (a sweep group), each
+  with its own data order; a diverged member is frozen, its siblings train on;
+- streaming_chunks: tf.data batches, one step per call;
+- pmap_chunks: the pmap form, one step per call.
+
+In-memory chunks end at epoch ends and eval points, so evals land exactly
+every eval_every steps. Each chunk length compiles once, ahead of time,
+with the progress clock restarted after it, so compile time stays out of
+the throughput and train_seconds.
+"""
+
+import dataclasses
+import functools
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vgg_jax import metrics, parallel
+from vgg_jax.data import pipeline
+from vgg_jax.training import steps
+from vgg_jax.training.program import PMAP_AXIS
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When a run logs, evaluates and saves, in steps."""
+  total_steps: int
+  steps_per_epoch: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+
+  def chunk_length(self, step: int, scan_epoch: bool = True) -> int:
+    """Steps from `step` to the next epoch end, eval point or the end."""
+    if not scan_epoch:
+      return 1
+    epoch_end = (step // self.steps_per_epoch + 1) * self.steps_per_epoch
+    next_eval = (step // self.eval_every + 1) * self.eval_every
+    return min(epoch_end, next_eval, self.total_steps) - step
+
+
+def _members_axis(tree):
+  return jax.tree.map(lambda x: x[None], tree)
+
+
+def ahead_of_time(jitted, *args, **static):
+  """jitted compiled now (so compile time stays off the clock), as a callable
+  of the non-static args. Under jax_debug_nans the jitted function itself:
+  only it checks its outputs and re-runs op by op to name the culprit."""
+  if jax.config.jax_debug_nans:
+    return functools.partial(jitted, **static)
+  return jitted.lower(*args, **static).compile()
+
+
+class _Orders:
+  """The epoch permutation(s) on the device, computed once per epoch."""
+
+  def __init__(self, make):
+    self._make, self._epoch, self._order = make, None, None
+
+  def __call__(self, epoch: int):
+    if epoch != self._epoch:
+      self._epoch, self._order = epoch, self._make(epoch)
+    return self._order
+
+
+def memory_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, state,
+                  step_fn: Callable, schedule: Schedule, start_step: int, scan_epoch: bool,
+                  progress: metrics.Progress) -> Iterator:
+  """One model on the in-memory pipeline (see the module docstring)."""
+  images, labels = pipe.arrays["train"]
+  sharding = dp.batch_sharding if dp.num_devices > 1 else None
+  chunk = jax.jit(functools.partial(steps.train_chunk, batch_size=pipe.batch_size,
+                                    step_fn=step_fn, batch_sharding=sharding),
+                  static_argnames="length", donate_argnums=0)
+  orders, compiled = _Orders(pipe.order), {}
+  step, spe = start_step, pipe.steps_per_epoch
+  while step < schedule.total_steps:
+    epoch, first = divmod(step, spe)
+    length = schedule.chunk_length(step, scan_epoch)
+    if length not in compiled:
+      compiled[length] = ahead_of_time(chunk, state, images, labels, orders(epoch), first,
+                                       length=length)
+      progress.mark(step)
+    state, stacked = parallel.bounded_dispatch(
+        compiled[length](state, images, labels, orders(epoch), first), dp.num_devices)
+    step += length
+    yield state, step, _members_axis(stacked)
+
+
+def members_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, states, alive,
+                   seeds, step_fn: Callable, schedule: Schedule, start_step: int,
+                   progress: metrics.Progress) -> Iterator:
+  """K stacked models in one vmapped program; `alive` (bool [K]) marks the
+  members still training (False: frozen at their last finite state)."""
+  images, labels = pipe.arrays["train"]
+  sharding = dp.batch_sharding if dp.num_devices > 1 else None
+  chunk = jax.jit(functools.partial(steps.members_chunk, batch_size=pipe.batch_size,
+                                    step_fn=step_fn, batch_sharding=sharding),
+                  static_argnames="length", donate_argnums=(0, 1))
+  n = pipe.num_examples["train"]
+  orders = _Orders(lambda epoch: dp.replicate(np.stack([
+      np.asarray(pipeline.epoch_permutation(s, epoch, n)) for s in seeds])))
+  alive = dp.replicate(np.asarray(alive, bool))
+  compiled = {}
+  step, spe = start_step, pipe.steps_per_epoch
+  while step < schedule.total_steps:
+    epoch, first = divmod(step, spe)
+    length = schedule.chunk_length(step)
+    if length not in compiled:
+      compiled[length] = ahead_of_time(chunk, states, alive, images, labels, orders(epoch),
+                                       first, length=length)
+      progress.mark(step)
+    states, alive, stacked = parallel.bounded_dispatch(
+        compiled[length](states, alive, images, labels, orders(epoch), first), dp.num_devices)
+    step += length
+    yield states, step, stacked
+
+
+def memory_batches(pipe: pipeline.InMemoryPipeline, start_step: int) -> Iterator[dict]:
+  """Global batches gathered on the default device, one per step (for pmap)."""
+  images, labels = pipe.arrays["train"]
+  gather = jax.jit(pipeline.gather_batch, static_argnames="batch_size")
+  step = start_step
+  while True:
+    epoch, index = divmod(step, pipe.steps_per_epoch)
+    order = pipe.order(epoch)
+    for i in range(index, pipe.steps_per_epoch):
+      yield gather(images, labels, order, i, batch_size=pipe.batch_size)
+    step = (epoch + 1) * pipe.steps_per_epoch
+
+
+def streaming_chunks(batches, dp: parallel.DataParallel, state, step_fn: Callable,
+                     schedule: Schedule, start_step: int, progress: metrics.Progress):
+  """One model on tf.data batches, one step per call."""
+  from vgg_jax.data import streaming  # pylint: disable=g-import-not-at-top
+  batches = streaming.prefetch_to_device(batches, place=dp.shard_batch)
+  compiled = None
+  for step in range(start_step + 1, schedule.total_steps + 1):
+    batch = next(batches)
+    if compiled is None:
+      compiled = ahead_of_time(jax.jit(step_fn, donate_argnums=0), state, batch)
+      progress.mark(step - 1)
+    state, step_metrics = parallel.bounded_dispatch(compiled(state, batch), dp.num_devices)
+    yield state, step, _members_axis(jax.tree.map(lambda x: x[None], step_metrics))
+
+
+def pmap_chunks(batches, state, step_fn: Callable, num_devices: int, schedule: Schedule,
+                start_step: int, progress: metrics.Progress):
+  """The pmap form: state with a leading device axis, batches split per device.
+
+  Yields one copy of the state (eval and checkpoints use it); the metrics
+  are pmean'ed already.
+  """
+  p_step = jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
+                    devices=jax.local_devices()[:num_devices], donate_argnums=0)
+  state = parallel.replicate_for_pmap(state, num_devices)
+  for step in range(start_step + 1, schedule.total_steps + 1):
+    batch = parallel.split_for_pmap(next(batches), num_devices)
+    state, step_metrics = parallel.bounded_dispatch(p_step(state, batch), num_devices)
+    if step == start_step + 1:
+      jax.block_until_ready(step_metrics)  # Leave the compile out of steps/s.
+      progress.mark(step)
+    yield (parallel.unreplicate(state), step,
+           _members_axis(jax.tree.map(lambda x: x[0, None], step_metrics)))
+
+
+def eval_fn(program, num_members: int = 1) -> Callable:
+  """The compiled eval step: one model, or K stacked ones (vmapped)."""
+  if num_members == 1:
+    return jax.jit(program.eval_step)
+  return jax.jit(jax.vmap(program.eval_step, in_axes=(0, None, None)))
+
+
+def stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
