@@ -19,7 +19,7 @@ from experiments import common
 from vgg_jax import report
 
 NAME = "batch_size"
-FULL = -1  # In config.batch_sizes: every training example in one batch.
+FULL = -1  # vgg_jax's own batch_size for full batch (every training example per step).
 
 
 def get_config(mode: str):
@@ -47,9 +47,9 @@ def train(exp: common.Experiment):
   n = common.num_train(config.train)
   runs = []
   for bs in config.batch_sizes:
-    bs = n if bs == FULL else bs
-    epochs = max(config.min_epochs, math.ceil(config.min_steps * bs / n))
-    steps = epochs * (n // bs)
+    size = n if bs == FULL else bs  # The engine resolves FULL itself; the budget needs it here.
+    epochs = max(config.min_epochs, math.ceil(config.min_steps * size / n))
+    steps = epochs * (n // size)
     for lr in config.learning_rates:
       for s in config.seeds:
         runs.append({"batch_size": bs, "num_epochs": epochs,
@@ -72,28 +72,23 @@ def analyze(exp: common.Experiment, num_train: int = 0):
   rows = exp.write_results()
   target = exp.config.target_accuracy
   stats = []
-  for (bs,), group in sorted(report.group_by(rows, "batch_size").items()):
-    best = None
-    for (lr,), lr_rows in report.group_by(group, "optimizer.learning_rate").items():
-      ids = sorted({r["run_id"] for r in lr_rows})
-      hits = [_to_target(lr_rows, i, target) for i in ids]
-      final_val = report.final_rows(lr_rows, "validation")
-      cand = {
-          "bs": bs, "lr": lr, "ids": ids, "rows": lr_rows,
-          "reached": all(hits),
-          "steps": report.mean_std(h[0] for h in hits if h) if all(hits) else (math.nan,) * 2,
-          "epochs": report.mean_std(h[1] for h in hits if h) if all(hits) else (math.nan,) * 2,
-          "seconds": report.mean_std(h[2] for h in hits if h) if all(hits) else (math.nan,) * 2,
-          "val_acc": report.mean_std(final_val[i]["accuracy"] for i in ids),
-          "test_acc": report.mean_std(report.final_rows(lr_rows, "test")[i]["accuracy"]
-                                      for i in ids),
-      }
-      key = ((0, cand["steps"][0]) if cand["reached"] else
-             (1, -np.nan_to_num(cand["val_acc"][0], nan=-1.0)))
-      if best is None or key < best[0]:
-        best = (key, cand)
-    stats.append(best[1])
-  num_train = num_train or max(s["bs"] for s in stats)
+  num_train = num_train or common.num_train(exp.config.train)
+  by_size = report.group_by(rows, "batch_size")
+  for (bs,), group in sorted(by_size.items(), key=lambda kv: num_train if kv[0][0] == FULL
+                             else kv[0][0]):
+    bs = num_train if bs == FULL else bs
+
+    def to_target(cand, bs=bs):
+      hits = [_to_target(cand["rows"], i, target) for i in cand["ids"]]
+      nan = (math.nan,) * 2
+      return {"bs": bs, "reached": all(hits),
+              **{k: report.mean_std(h[n] for h in hits) if all(hits) else nan
+                 for n, k in enumerate(("steps", "epochs", "seconds"))}}
+
+    # Fewest steps to the target; if no rate reaches it, the best final validation.
+    stats.append(common.best_on_validation(
+        group, extra=to_target,
+        score=lambda c: (1, -c["steps"][0]) if c["reached"] else (0, common.validation_accuracy(c))))
 
   def name(bs):
     return f"GD ({bs})" if bs == num_train else str(bs)
@@ -160,9 +155,7 @@ def analyze(exp: common.Experiment, num_train: int = 0):
             "against epochs, steps and wall-clock seconds.")
   rep.image("steps_to_target.png", "Steps and seconds to the target validation accuracy.")
   rep.table(headers, table)
-  rep.heading("Reading")
-  rep.text(_reading(stats, num_train, target))
-  rep.write(exp.path("report.md"))
+  exp.finish_report(rep, _reading(stats, num_train, target))
 
 
 def _reading(stats, num_train, target) -> str:

@@ -13,7 +13,7 @@ phases' rows are merged into DIR/results.csv with a `phase` column.
 import json
 import os
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from absl import app
 from absl import flags
@@ -99,6 +99,12 @@ class Experiment:
       total += max(times, default=0.0)
     return total
 
+  def finish_report(self, rep: report.Report, reading: str) -> None:
+    """The report's tail: the reading computed from the runs, then DIR/report.md."""
+    rep.heading("Reading")
+    rep.text(reading)
+    rep.write(self.path("report.md"))
+
   def what_was_run(self, rep: report.Report, dataset_note: str) -> None:
     """The report's provenance section: command, config, versions, hardware, time."""
     rep.heading("What was run")
@@ -182,3 +188,38 @@ def eval_every(train_config: ml_collections.ConfigDict, evals: int) -> int:
 
 def seeds(mode: str) -> tuple:
   return {"smoke": (0,), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}[mode]
+
+
+def learning_rate_candidates(rows: List[report.Row],
+                             extra: Optional[Callable[[Dict], Dict]] = None) -> Iterator[Dict]:
+  """One dict per learning rate in `rows`: lr, ids (its seeds' runs), rows,
+  edge (the grid's smallest or largest), val_acc and test_acc (mean, std of
+  the final evals), plus whatever extra(candidate) adds."""
+  lrs = sorted({r["optimizer.learning_rate"] for r in rows})
+  for lr in lrs:
+    lr_rows = report.where(rows, **{"optimizer.learning_rate": lr})
+    ids = sorted({r["run_id"] for r in lr_rows})
+    val, test = report.final_rows(lr_rows, "validation"), report.final_rows(lr_rows, "test")
+    cand = {"lr": lr, "ids": ids, "rows": lr_rows, "edge": lr in (lrs[0], lrs[-1]),
+            "val_acc": report.mean_std(val[i]["accuracy"] for i in ids),
+            "test_acc": report.mean_std(test[i]["accuracy"] for i in ids)}
+    if extra is not None:
+      cand.update(extra(cand))
+    yield cand
+
+
+def validation_accuracy(cand: Dict) -> float:
+  """The default choice: mean final validation accuracy (NaN ranks last)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return float(np.nan_to_num(cand["val_acc"][0], nan=-1.0))
+
+
+def best_on_validation(rows: List[report.Row], score: Callable[[Dict], object] = validation_accuracy,
+                       extra: Optional[Callable[[Dict], Dict]] = None) -> Dict:
+  """The learning rate whose runs score highest on validation (the first on
+  ties), as its learning_rate_candidates dict. Test numbers are only carried."""
+  best = None
+  for cand in learning_rate_candidates(rows, extra):
+    if best is None or score(cand) > score(best):
+      best = cand
+  return best

@@ -114,9 +114,7 @@ def analyze(exp: common.Experiment):
   rep.image("train_vs_test.png", "Train (dashed) and test (solid) loss and accuracy per "
             "dropout rate, mean over seeds.")
   rep.table(headers, table)
-  rep.heading("Reading")
-  rep.text(_reading(stats))
-  rep.write(exp.path("report.md"))
+  exp.finish_report(rep, _reading(stats))
 
 
 def _reading(stats) -> str:

@@ -136,9 +136,7 @@ def analyze(exp: common.Experiment):
             "with a red x at its last finite point.")
   rep.image("final_loss_vs_lr.png", "Final validation loss against learning rate.")
   rep.table(headers, table)
-  rep.heading("Reading")
-  rep.text(_reading(stats))
-  rep.write(exp.path("report.md"))
+  exp.finish_report(rep, _reading(stats))
 
 
 def _reading(stats) -> str:

@@ -81,30 +81,20 @@ def _network_stats(rows, target):
   """Per optimizer: the best rate on validation, its curves and test numbers."""
   stats = {}
   for (name,), group in report.group_by(rows, "optimizer.name").items():
-    best = None
-    lrs = sorted({r["optimizer.learning_rate"] for r in group})
-    for lr in lrs:
-      lr_rows = report.where(group, **{"optimizer.learning_rate": lr})
-      ids = sorted({r["run_id"] for r in lr_rows})
-      val = report.final_rows(lr_rows, "validation")
-      test = report.final_rows(lr_rows, "test")
-      hits = []
-      for i in ids:
-        hit = next((r for r in sorted(lr_rows, key=lambda r: r["step"]) if r["run_id"] == i
-                    and r["split"] == "validation" and r["accuracy"] >= target), None)
-        hits.append(hit)
-      cand = {"lr": lr, "ids": ids, "rows": lr_rows,
-              "edge": lr in (lrs[0], lrs[-1]),
-              "val_acc": report.mean_std(val[i]["accuracy"] for i in ids),
-              "test_acc": report.mean_std(test[i]["accuracy"] for i in ids),
-              "diverged": sum(report.diverged_at(lr_rows, i) is not None for i in ids),
-              "steps": report.mean_std(h["step"] for h in hits) if all(hits) else (math.nan,) * 2,
-              "seconds": report.mean_std(h["train_seconds"] for h in hits) if all(hits)
-                         else (math.nan,) * 2}
-      score = -1.0 if cand["diverged"] else np.nan_to_num(cand["val_acc"][0], nan=-1.0)
-      if best is None or score > best[0]:
-        best = (score, cand)
-    stats[name] = best[1]
+
+    def to_target(cand):
+      hits = [next((r for r in sorted(cand["rows"], key=lambda r: r["step"])
+                    if r["run_id"] == i and r["split"] == "validation"
+                    and r["accuracy"] >= target), None) for i in cand["ids"]]
+      nan = (math.nan,) * 2
+      return {"diverged": sum(report.diverged_at(cand["rows"], i) is not None
+                              for i in cand["ids"]),
+              "steps": report.mean_std(h["step"] for h in hits) if all(hits) else nan,
+              "seconds": report.mean_std(h["train_seconds"] for h in hits) if all(hits) else nan}
+
+    stats[name] = common.best_on_validation(
+        group, extra=to_target,
+        score=lambda c: -1.0 if c["diverged"] else common.validation_accuracy(c))
   return stats
 
 
@@ -330,9 +320,7 @@ def analyze(exp: common.Experiment):
             "Rosenbrock valley and the saddle x^2 - y^2 (animated: surfaces.gif).")
   rep.image("surfaces.gif", "The same paths, animated.")
   rep.table(surface_headers, surface_table)
-  rep.heading("Reading")
-  rep.text(_reading(per_model, titles, config))
-  rep.write(exp.path("report.md"))
+  exp.finish_report(rep, _reading(per_model, titles, config))
 
 
 def _reading(per_model, titles, config) -> str:

@@ -88,18 +88,7 @@ def _cells(rows, probes, config):
         cell_rows, cell_probes = report.where(rows, **match), report.where(probes, **match)
         if not cell_rows:
           continue
-        best = None
-        for (lr,), lr_rows in report.group_by(cell_rows, "optimizer.learning_rate").items():
-          ids = sorted({r["run_id"] for r in lr_rows})
-          val = report.final_rows(lr_rows, "validation")
-          test = report.final_rows(lr_rows, "test")
-          cand = {"lr": lr, "ids": ids,
-                  "val_acc": report.mean_std(val[i]["accuracy"] for i in ids),
-                  "test_acc": report.mean_std(test[i]["accuracy"] for i in ids)}
-          score = np.nan_to_num(cand["val_acc"][0], nan=-1.0)
-          if best is None or score > best[0]:
-            best = (score, cand)
-        best = best[1]
+        best = common.best_on_validation(cell_rows)
         last_step = max(p["step"] for p in cell_probes)
         cells[init, act, depth] = {
             **best,
@@ -208,9 +197,7 @@ def analyze(exp: common.Experiment):
   rep.table(headers, ratio_table)
   rep.text("Test accuracy at the best learning rate:")
   rep.table(headers, acc_table)
-  rep.heading("Reading")
-  rep.text(_reading(cells, config))
-  rep.write(exp.path("report.md"))
+  exp.finish_report(rep, _reading(cells, config))
 
 
 def _reading(cells, config) -> str:

@@ -33,7 +33,7 @@ def test_conv_outputs_and_gradients_match_xla(lowering, shape):
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 3)])
 def test_reshape_pool_matches_reduce_window(shape):
   x = jax.random.normal(jax.random.PRNGKey(2), shape)
-  np.testing.assert_array_equal(pooling.max_pool2x2(x, "im2col"), conv.max_pool2x2(x, "xla"))
+  np.testing.assert_array_equal(pooling.max_pool2x2(x, "im2col"), pooling.max_pool2x2(x, "xla"))
   g = jax.grad(lambda x: jnp.sum(pooling.max_pool2x2(x, "im2col") ** 2))(x)
   w = jax.grad(lambda x: jnp.sum(pooling.max_pool2x2(x, "xla") ** 2))(x)
   np.testing.assert_allclose(g, w, rtol=1e-6)

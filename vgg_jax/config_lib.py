@@ -98,9 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.step_boundaries = (0.5, 0.75)  # step only: fractions of training.
   c.optimizer.step_factor = 0.1  # step only: multiply the rate by this at each boundary.
 
-  # In-memory pipeline: run each epoch as one lax.scan (no Python per step).
-  # Log rows are exact either way; evals and checkpoints then happen at the
-  # end of the epoch in which their interval falls.
+  # In-memory pipeline: run each epoch as one lax.scan (no Python per step),
+  # cut at eval points so evals land exactly every eval_every_steps. Log rows
+  # are exact either way; checkpoints happen at the end of the scanned chunk
+  # in which their interval falls.
   c.scan_epoch = True
   # Run op by op with jax_debug_nans: the first primitive that makes a NaN
   # raises, named. Very slow (nothing is compiled); for the hunt.

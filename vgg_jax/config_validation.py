@@ -67,6 +67,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, "optimizer.name", optim.OPTIMIZERS)
   _choice(config, "optimizer.schedule", optim.SCHEDULES)
 
+  _validate_optimizer(config)
+  _validate_run(config)
+  _validate_model(config)
+  _validate_finetuning(config)
+  _validate_dataset(config)
+
+
+def _validate_optimizer(config):
   _number(config, "optimizer.learning_rate", 0, low_open=True)
   _number(config, "optimizer.momentum", 0, 1, high_open=True)
   _number(config, "optimizer.rho", 0, 1, low_open=True, high_open=True)
@@ -83,6 +91,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("optimizer.step_boundaries", tuple(config.optimizer.step_boundaries),
                         "fractions of training strictly between 0 and 1")
 
+
+def _validate_run(config):
   _choice(config, "parallelism", parallel.PARALLELISMS)
   _number(config, "num_devices", 1, integer=True, extra=(-1,))
   _number(config, "seed", 0, integer=True)
@@ -97,6 +107,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _number(config, "keep_checkpoints", 1, integer=True)
   _number(config, "sweep_vmap_size", 1, integer=True, extra=(-1,))
 
+
+def _validate_model(config):
   _number(config, "model.dropout_rate", 0, 1, high_open=True)
   _number(config, "model.input_dropout_rate", 0, 1, high_open=True)
   if config.model.name == "mlp":
@@ -112,6 +124,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("model.conv_lowering", "onednn",
                         f"auto or blocked with dtype={config.dtype} (oneDNN here is float32 only)")
     _positive_ints(config, "model.classifier_sizes", allow_empty=True)
+
+
+def _validate_finetuning(config):
+  """model.pretrained, freeze and cache_features: which combinations can work."""
   _choice(config, "model.freeze", ("none", "conv", "all_but_head"))
   _choice(config, "model.pretrained_layers", ("all", "conv"))
   m = config.model
@@ -138,8 +154,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.dataset.pipeline != "memory":
       raise ConfigError("dataset.pipeline", config.dataset.pipeline, "memory with "
                         "model.cache_features (features are computed from in-memory arrays)")
-
-  _validate_dataset(config)
 
 
 def _validate_dataset(config):

@@ -99,7 +99,8 @@ def train_members(setup: Setup, members: List[Member], outputs, checkpoint_name:
   num_params = sum(x.size for x in jax.tree.leaves(state.params)) // len(members)
   logger.info("%s on %s (%s): %s params, %d train examples, %d steps (%d per epoch)%s",
               config.model.name, setup.dataset.info.name, setup.dataset.info.source,
-              f"{num_params:,}",              setup.dataset.num_train, schedule.total_steps, schedule.steps_per_epoch,
+              f"{num_params:,}", setup.dataset.num_train, schedule.total_steps,
+              schedule.steps_per_epoch,
               f", {len(members)} models in one vmapped program" if len(members) > 1 else "")
   outputs.start(setup)
   manager = checkpoint.create_manager(outputs.workdir, config.keep_checkpoints, checkpoint_name)
