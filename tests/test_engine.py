@@ -176,6 +176,7 @@ def test_sweep_with_frozen_conv_keeps_pretrained_layers_bit_identical(conv_weigh
   path, convs = conv_weights
   config = _finetune_config(path)
   config.model.freeze = "conv"
+  config.sweep_vmap_size = 4  # One vmapped program of four (auto runs a VGG one by one on CPU).
   config.sweep = sweep.to_config(sweep.product(sweep.axis("seed", [0, 1]),
                                                sweep.axis("optimizer.learning_rate", [0.05, 0.2])))
   results = sweep.run_sweep(config, str(tmp_path))
@@ -197,6 +198,7 @@ def test_sweep_with_pretrained_weights_starts_every_member_from_them(conv_weight
   config = _finetune_config(path)
   config.num_train_steps = 1
   config.optimizer.learning_rate = 1e-30  # One step that moves nothing measurable.
+  config.sweep_vmap_size = 2
   config.sweep = sweep.to_config(sweep.axis("seed", [0, 1]))
   sweep.run_sweep(config, str(tmp_path))
   [state] = _group_states(str(tmp_path)).values()
@@ -235,6 +237,7 @@ def test_cached_features_over_seeds_with_random_frozen_layers_is_a_config_error(
   config.model.freeze = "all_but_head"  # fc1 is frozen but not in the conv-only file.
   config.model.cache_features = True
   config.dataset.pipeline = "memory"
+  config.sweep_vmap_size = 2  # One program for both seeds: one base, one set of features.
   config.sweep = sweep.to_config(sweep.axis("seed", [0, 1]))
   with pytest.raises(ConfigError, match="sweep over seeds"):
     sweep.run_sweep(config, str(tmp_path))

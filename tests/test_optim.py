@@ -67,15 +67,15 @@ def test_learning_rate_is_injected_so_changing_it_does_not_recompile():
 
 def test_schedules_have_their_shape():
   total = 100
-  warm = optim.schedule_shape(optimizer_config(schedule="warmup_cosine", warmup_steps=10), total)
+  warm = optim.schedule_multiplier(optimizer_config(schedule="warmup_cosine", warmup_steps=10), total)
   assert float(warm(0)) == 0.0 and float(warm(10)) == pytest.approx(1.0)
   assert float(warm(total)) == pytest.approx(0.0, abs=1e-6)
-  cos = optim.schedule_shape(optimizer_config(schedule="cosine"), total)
+  cos = optim.schedule_multiplier(optimizer_config(schedule="cosine"), total)
   assert float(cos(0)) == 1.0 and float(cos(50)) == pytest.approx(0.5, abs=1e-6)
-  step = optim.schedule_shape(optimizer_config(schedule="step", step_boundaries=(0.5, 0.75),
+  step = optim.schedule_multiplier(optimizer_config(schedule="step", step_boundaries=(0.5, 0.75),
                                                step_factor=0.1), total)
   assert [float(step(t)) for t in (49, 51, 76)] == pytest.approx([1.0, 0.1, 0.01])
-  assert float(optim.schedule_shape(optimizer_config(), total)(77)) == 1.0
+  assert float(optim.schedule_multiplier(optimizer_config(), total)(77)) == 1.0
 
 
 def test_effective_learning_rate_follows_the_schedule():

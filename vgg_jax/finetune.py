@@ -80,21 +80,22 @@ def merge(params, layers: Dict) -> Dict:
   return {**params, **layers}
 
 
-def _cache_key(config, cut: str) -> str:
+def _cache_key(config, cut: str, seed: Optional[int]) -> str:
   path = config.model.pretrained
   stat = os.stat(path) if path and os.path.exists(path) else None
   key = {"weights": path, "size": stat.st_size if stat else None,
          "mtime": stat.st_mtime if stat else None, "model": config.model.to_dict(),
-         "dataset": config.dataset.to_dict(), "cut": cut}
+         "dataset": config.dataset.to_dict(), "cut": cut, "seed": seed}
   return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def cache_features(config, dataset, model, params, preprocess, workdir: str):
+def cache_features(config, dataset, model, params, preprocess, workdir: str,
+                   seed: Optional[int] = None):
   """The Dataset of a frozen base's outputs: `model` with `params` run once
   per split in eval mode, saved to workdir/features.npz and reused while the
-  config and weights file match."""
+  config, weights file (and `seed`, for a base with random layers) match."""
   cut = cut_for(config.model)
-  key = _cache_key(config, cut)
+  key = _cache_key(config, cut, seed)
   path = os.path.join(workdir, FEATURES_FILE)
   features = None
   if os.path.exists(path):

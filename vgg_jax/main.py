@@ -3,7 +3,7 @@
     python -m vgg_jax.main --config=configs/default.py --workdir=/tmp/vgg_jax/default \
         --config.optimizer.name=nadam --config.optimizer.learning_rate=3e-3
 
-This file is only the absl app. The logic lives in vgg_jax.train, which can
+This file is only the absl app. The logic lives in vgg_jax.training, which can
 be imported and tested without flags. Bad input (a config value, a flag, a
 missing dataset) prints one line on stderr and exits with code 2, before
 anything is written to the workdir.
@@ -47,7 +47,7 @@ def main(argv):
   config = cli.load_config_flag()
   try:
     config_validation.validate(config)
-    from vgg_jax import parallel, sweep, train  # pylint: disable=g-import-not-at-top
+    from vgg_jax import parallel, sweep, training  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, auto=FLAGS.multihost,
                                     peer_timeout_s=FLAGS.peer_timeout)
@@ -58,7 +58,7 @@ def main(argv):
                        for k, v in r.items()))
       print(f"{len(results)} runs -> {FLAGS.workdir}")
       return
-    result = train.train_and_evaluate(config, FLAGS.workdir)
+    result = training.train_and_evaluate(config, FLAGS.workdir)
   except DivergedError as e:
     cli.fail(str(e), code=1)
   except UserError as e:

@@ -6,11 +6,11 @@
 Optax does all the update math. The chain is
 
     [clip_by_global_norm] -> [add_decayed_weights] -> <optimizer at peak lr>
-        -> scale_by_schedule(shape)
+        -> scale_by_schedule(lr_multiplier)
 
 wrapped in ``optax.inject_hyperparams`` so the peak learning rate, momentum
 and weight decay live in the optimizer state as arrays: a sweep can set them
-per model without recompiling. The schedule is a *shape* with peak 1.0,
+per model without recompiling. The schedule is a multiplier with peak 1.0,
 which is equivalent to scheduling the rate itself because every optimizer
 here ends by scaling its update by the learning rate.
 """
@@ -50,7 +50,7 @@ def _base_optimizer(cfg, learning_rate, momentum, weight_decay) -> optax.Gradien
   raise KeyError(name)
 
 
-def schedule_shape(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def schedule_multiplier(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """The learning-rate multiplier over training, peaking at 1.0."""
   if cfg.schedule == "constant":
     return optax.constant_schedule(1.0)
@@ -67,15 +67,15 @@ def schedule_shape(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sc
 
 def create_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
                      frozen=None) -> tuple[optax.GradientTransformation, Callable]:
-  """Returns (tx, shape): the Optax chain and its schedule shape.
+  """Returns (tx, lr_multiplier): the Optax chain and its schedule (peak 1.0).
 
   The effective learning rate at step t is
-  ``opt_state.hyperparams['learning_rate'] * shape(t)``. `frozen` (a pytree
+  ``opt_state.hyperparams['learning_rate'] * lr_multiplier(t)``. `frozen` (a pytree
   of bools like the params, or a function of the params giving one) marks
   parameters whose updates are set to exactly zero, whatever the optimizer,
   weight decay or schedule.
   """
-  shape = schedule_shape(cfg, total_steps)
+  lr_multiplier = schedule_multiplier(cfg, total_steps)
 
   def chain(learning_rate, momentum, weight_decay):
     parts = []
@@ -84,7 +84,7 @@ def create_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
     if cfg.weight_decay > 0 and cfg.name != "adamw":
       parts.append(optax.add_decayed_weights(weight_decay))
     parts.append(_base_optimizer(cfg, learning_rate, momentum, weight_decay))
-    parts.append(optax.scale_by_schedule(shape))
+    parts.append(optax.scale_by_schedule(lr_multiplier))
     if frozen is not None:
       parts.append(optax.masked(optax.set_to_zero(), frozen))
     return optax.chain(*parts)
@@ -94,9 +94,9 @@ def create_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
   inject = optax.inject_hyperparams(chain, hyperparam_dtype=jnp.float32)
   tx = inject(learning_rate=cfg.learning_rate, momentum=cfg.momentum,
               weight_decay=cfg.weight_decay)
-  return tx, shape
+  return tx, lr_multiplier
 
 
-def learning_rate(opt_state, shape: Callable, step):
-  """The effective learning rate at `step` (peak from the state times the shape)."""
-  return opt_state.hyperparams["learning_rate"] * shape(step)
+def learning_rate(opt_state, lr_multiplier: Callable, step):
+  """The effective learning rate at `step`: the peak (from the state) times the multiplier."""
+  return opt_state.hyperparams["learning_rate"] * lr_multiplier(step)

@@ -44,8 +44,10 @@ from vgg_jax.training.program import INJECTED_KEYS
 logger = logging.getLogger(__name__)
 
 # Past this many FLOPs per model step, CPU runs the models one by one (vmap_size):
-# just above the largest model benchmarks/sweep_vmap.py measured.
-CPU_VMAP_MAX_FLOPS = 2e9
+# between the MLPs 784-32-32-10 (20 MFLOP, vmap 1.28x faster) and 784-128-128-10
+# (90 MFLOP, 0.98x) in benchmarks/sweep_vmap.py, now that a program of one is the
+# plain single-run program.
+CPU_VMAP_MAX_FLOPS = 5e7
 # Values the members of one program may differ in (the rest changes the program).
 VMAPPED = INJECTED_KEYS
 RESULTS_FILE = "results.csv"
@@ -158,19 +160,19 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1
   probe_writer = None if probe is None else sweep_group.ResultsWriter(
       os.path.join(workdir, PROBES_FILE.replace(".csv", suffix)), keys,
       fields=sweep_group.ResultsWriter.PROBE_FIELDS)
-  finished = writer.finished_runs()
+  finished = writer.finished_runs()  # run id -> done or diverged
   status = sweep_group.SweepStatus(workdir, [i for i, _ in mine], finished)
   groups: Dict[Tuple, List] = {}
   for i, r in mine:
     groups.setdefault(_group_key(r), []).append(
         engine.Member(configs[i], run_id=i, overrides=r))
   logger.info("sweep: %d runs, %d in shard %s, %d already finished", len(runs), len(mine),
-              shard, len(set(configs) & finished))
+              shard, len(set(configs) & set(finished)))
   results, start, datasets = [], time.time(), {}
   for members in groups.values():
     group_config = members[0].config
     dataset = _load_once(datasets, group_config)
-    k = vmap_size(group_config, dataset.info, len(members))
+    k = vmap_size(group_config, dataset.info, len(members), dataset.num_train)
     for first in range(0, len(members), k):
       part = members[first:first + k]
       # A program all of whose runs are unfinished resumes from its checkpoint;
@@ -194,15 +196,16 @@ def _load_once(datasets: Dict, config):
   return datasets[key]
 
 
-def vmap_size(config, info, num_members: int) -> int:
+def vmap_size(config, info, num_members: int, num_train: int = 0) -> int:
   """How many models share one program.
 
-  On accelerators vmap always pays. On CPU, benchmarks/sweep_vmap.py found
-  vmap faster at every size it measured (1.15x to 1.9x, MLPs up to
-  784-1024-1024-10, 1.4 GFLOP per model step, K=8): XLA's batched matmul
-  is at least as efficient as K plain ones there. Beyond the measured range
-  (CPU_VMAP_MAX_FLOPS) nothing backs that up, and K stacked copies of a big
-  model cost K times the memory, so the models then run one after another.
+  On accelerators vmap always pays. On CPU, benchmarks/sweep_vmap.py (K=8,
+  batch 128, by the engine's train clock) found vmap 1.28x faster than one
+  model at a time for an MLP 784-32-32-10 and 0.84x-0.98x for 784-128-128-10
+  up to 784-1024-1024-10: once a program of one is the plain (unvmapped)
+  single-run program, XLA:CPU's batched matmuls only pay for small models.
+  So CPU vmaps models up to CPU_VMAP_MAX_FLOPS per step and runs bigger ones
+  one by one (which also keeps K stacked copies of a big model out of memory).
   The pmap form and the streaming pipeline train one model per program.
   """
   import jax  # pylint: disable=g-import-not-at-top
@@ -212,7 +215,7 @@ def vmap_size(config, info, num_members: int) -> int:
     return 1
   if jax.default_backend() != "cpu":
     return num_members
-  batch = config.batch_size if config.batch_size > 0 else 1024  # Full batch: large anyway.
+  batch = config.batch_size if config.batch_size > 0 else num_train  # -1: full batch.
   flops = 6 * batch * _num_params(config, info)
   return num_members if flops <= CPU_VMAP_MAX_FLOPS else 1
 

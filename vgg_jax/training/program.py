@@ -104,8 +104,9 @@ class Program:
                         "the weights file, so each seed's base (and its features) differs")
     preprocess = steps.make_preprocess(self.image_info.mean, self.image_info.std,
                                        components.DTYPES[self.config.dtype])
+    # A base with randomly initialized layers depends on the seed, and so do its features.
     return finetune.cache_features(self.config, dataset, self.full_model, params, preprocess,
-                                   workdir)
+                                   workdir, seed=seeds[0] if random_base else None)
 
 
 def build(config: ml_collections.ConfigDict, info: data.DatasetInfo, total_steps: int, *,

@@ -56,8 +56,10 @@ class ResultsWriter:
     # A row cut off by a kill mid-write has empty trailing fields.
     return [r for r in rows if r.get(self.fields[-1]) not in (None, "")]
 
-  def finished_runs(self) -> set:
-    return {int(r["run_id"]) for r in self._read() if r.get("status") in ("done", "diverged")}
+  def finished_runs(self) -> Dict[int, str]:
+    """Run id -> its final status, for runs that finished (done or diverged)."""
+    return {int(r["run_id"]): r["status"] for r in self._read()
+            if r.get("status") in ("done", "diverged")}
 
   def restart(self, run_ids, through_step: int) -> None:
     """Drops the rows of `run_ids` after through_step (all of them for 0)."""
@@ -88,9 +90,9 @@ class ResultsWriter:
 class SweepStatus:
   """The sweep's status.json: running or done, and each run's status and step."""
 
-  def __init__(self, workdir: str, run_ids, finished):
+  def __init__(self, workdir: str, run_ids, finished: Dict[int, str]):
     self.workdir = workdir
-    self.runs = {str(i): {"status": "done" if i in finished else "pending"} for i in run_ids}
+    self.runs = {str(i): {"status": finished.get(i, "pending")} for i in run_ids}
 
   def update(self, run_id: int, status: str, step: int) -> None:
     self.runs[str(run_id)] = {"status": status, "step": step}
@@ -201,11 +203,12 @@ class GroupOutputs:
     self.status.write()
     self.pending_train, self.pending_eval = {}, {}
     faults.maybe_kill("sweep_eval", step)
-    shown = [s for s in ("validation", "test") if s in self.last[self.members[0].run_id]]
-    if shown:
+    split = next((s for s in ("validation", "test", "train") if s in self.last[
+        self.members[0].run_id]), None)
+    if split is not None:
       logger.info("sweep step %d/%d: %s accuracy %s", step, self.setup.schedule.total_steps,
-                  shown[0], " ".join(f"{self.last[m.run_id][shown[0]]['accuracy']:.3f}"
-                                     for m in self.members))
+                  split, " ".join(f"{self.last[m.run_id][split]['accuracy']:.3f}"
+                                  for m in self.members))
 
   def diverged(self, j: int, divergence, state) -> None:
     """A model that cannot be frozen (K=1) diverged: its last row says so."""
