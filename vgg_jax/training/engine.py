@@ -19,11 +19,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from vgg_jax import checkpoint, config_validation, data, faults, metrics, optim, parallel
+from vgg_jax import checkpoint, config_validation, data, faults, optim, parallel
 from vgg_jax.data import pipeline
 from vgg_jax.errors import ConfigError
 from vgg_jax.training import drivers, program as program_lib, steps
-from vgg_jax.training.rows import MemberRows
 
 logger = logging.getLogger(__name__)
 

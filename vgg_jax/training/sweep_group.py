@@ -20,7 +20,6 @@ from typing import Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vgg_jax import faults, metrics
 from vgg_jax.training import engine, program as program_lib
