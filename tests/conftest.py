@@ -51,6 +51,17 @@ def run_cli(args, workdir=None, env_extra=None, **kwargs):
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
 
 
+def write_sweep_config(path, *body):
+  """A config file on small synthetic data with 10% validation; `body` lines
+  (indented two spaces, `c` is the config) set the rest, the sweep included."""
+  path.write_text("\n".join([
+      "from vgg_jax import sweep", "from vgg_jax.config_lib import base_config",
+      "def get_config(arg=None):", "  c = base_config()", "  c.dataset.name = 'synthetic'",
+      "  c.dataset.synthetic.image_shape = (4, 4, 1)", "  c.dataset.validation_fraction = 0.1",
+      *[f"  {line}" for line in body], "  return c", ""]))
+  return path
+
+
 def write_idx(path, array):
   import gzip, struct  # pylint: disable=g-import-not-at-top,multiple-imports
   import numpy as np  # pylint: disable=g-import-not-at-top

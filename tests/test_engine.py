@@ -7,8 +7,6 @@ import glob
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import run_cli, tiny_config, write_sweep_config
 from vgg_jax import config_lib, data, inference, metrics, models, pretrained, sweep, train
 from vgg_jax.errors import ConfigError
 from vgg_jax.training import program as program_lib, steps
@@ -66,41 +64,22 @@ def test_vmapped_members_record_their_own_fingerprints(tmp_path):
   assert runs["0"]["params_sha256"] != runs["1"]["params_sha256"]
 
 
-def _sweep_cli(workdir, config_file, kill_at=None):
-  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-  env.pop("XLA_FLAGS", None)
-  if kill_at:
-    env["VGG_JAX_KILL_AT"] = kill_at
-  return subprocess.run([sys.executable, "-m", "vgg_jax.main", f"--config={config_file}",
-                         f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
-
-
 def test_sweep_killed_mid_group_resumes_from_its_checkpoint(tmp_path):
-  config_file = tmp_path / "sweep_config.py"
-  config_file.write_text(
-      "from vgg_jax import sweep\nfrom vgg_jax.config_lib import base_config\n"
-      "def get_config(arg=None):\n"
-      "  c = base_config()\n"
-      "  c.dataset.name = 'synthetic'\n"
-      "  c.dataset.synthetic.image_shape = (4, 4, 1)\n"
-      "  c.dataset.validation_fraction = 0.1\n"
-      "  c.model.dropout_rate = 0.2\n"
-      "  c.optimizer.name = 'momentum'\n"
-      "  c.batch_size = 32\n"
-      "  c.num_epochs = 4\n"
-      "  c.eval_every_steps = 40\n"
-      "  c.checkpoint_every_steps = 50\n"
-      "  c.sweep = sweep.to_config(sweep.product(sweep.axis('seed', [0, 1]),\n"
-      "      sweep.axis('optimizer.learning_rate', [0.03, 0.1])))\n"
-      "  return c\n")
-  ref = _sweep_cli(tmp_path / "ref", config_file)
+  config_file = write_sweep_config(
+      tmp_path / "sweep_config.py", "c.model.dropout_rate = 0.2", "c.optimizer.name = 'momentum'",
+      "c.batch_size = 32", "c.num_epochs = 4", "c.eval_every_steps = 40",
+      "c.checkpoint_every_steps = 50",
+      "c.sweep = sweep.to_config(sweep.product(sweep.axis('seed', [0, 1]),",
+      "    sweep.axis('optimizer.learning_rate', [0.03, 0.1])))")
+  args = [f"--config={config_file}"]
+  ref = run_cli(args, workdir=tmp_path / "ref", timeout=600)
   assert ref.returncode == 0, ref.stderr[-2000:]
-  killed = _sweep_cli(tmp_path / "killed", config_file, kill_at="step:130")
+  killed = run_cli(args, workdir=tmp_path / "killed", env_extra={"VGG_JAX_KILL_AT": "step:130"},
+                   timeout=600)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
   partial = _results(tmp_path / "killed" / "results.csv")
   assert partial and max(int(r["step"]) for r in partial) >= 120  # Rows past the checkpoint.
-  rerun = _sweep_cli(tmp_path / "killed", config_file)
+  rerun = run_cli(args, workdir=tmp_path / "killed", timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   # Saved at the end of the chunk (epoch end) past each 50 steps: 57, 114.
   assert "resumed at step 114" in rerun.stderr  # Mid-group, not from scratch.

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, tiny_config, write_idx_dir
+from conftest import REPO, run_cli, tiny_config, write_idx_dir, write_sweep_config
 from vgg_jax import config_lib, data, metrics, train
 from vgg_jax.errors import DataError, DivergedError
 
@@ -129,21 +129,12 @@ def test_streaming_kill_resumes_bit_for_bit(kill_at, prepared_fashion, tmp_path)
 def test_sweep_kill_resumes_bit_for_bit(tmp_path):
   """Killed mid-sweep: finished runs are kept, unfinished ones retrain from
   scratch as the same vmap groups, so every final number is identical."""
-  config = tmp_path / "sweep_config.py"
-  config.write_text(
-      "from vgg_jax import sweep\nfrom vgg_jax.config_lib import base_config\n"
-      "def get_config(arg=None):\n"
-      "  c = base_config()\n"
-      "  c.dataset.name = 'synthetic'\n"
-      "  c.dataset.synthetic.image_shape = (4, 4, 1)\n"
-      "  c.dataset.validation_fraction = 0.1\n"
-      "  c.optimizer.name = 'sgd'\n"
-      "  c.batch_size = 32\n"
-      "  c.num_epochs = 6\n"
-      "  c.sweep = sweep.to_config(sweep.product(\n"
-      "      sweep.axis('model.hidden_sizes', [[16], [32]]),\n"
-      "      sweep.axis('optimizer.learning_rate', [0.1, 0.3])))\n"
-      "  return c\n")
+  config = write_sweep_config(
+      tmp_path / "sweep_config.py", "c.optimizer.name = 'sgd'", "c.batch_size = 32",
+      "c.num_epochs = 6",
+      "c.sweep = sweep.to_config(sweep.product(",
+      "    sweep.axis('model.hidden_sizes', [[16], [32]]),",
+      "    sweep.axis('optimizer.learning_rate', [0.1, 0.3])))")
   args = [f"--config={config}"]
   ref = tmp_path / "ref"
   assert run_cli(args, workdir=ref).returncode == 0
