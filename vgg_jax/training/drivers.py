@@ -103,27 +103,50 @@ def members_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, s
                    seeds, step_fn: Callable, schedule: Schedule, start_step: int,
                    progress: metrics.Progress) -> Iterator:
   """K stacked models in one vmapped program; `alive` (bool [K]) marks the
-  members still training (False: frozen at their last finite state)."""
+  members still training (False: frozen at their last finite state).
+
+  While every member is alive, chunks run without the per-step freeze; a
+  chunk in which one diverges is rerun from a copy of its start with the
+  freeze (steps.members_chunk), so the result is what freezing every step
+  gives, and so is every later chunk.
+  """
   images, labels = pipe.arrays["train"]
   sharding = dp.batch_sharding if dp.num_devices > 1 else None
   chunk = jax.jit(functools.partial(steps.members_chunk, batch_size=pipe.batch_size,
                                     step_fn=step_fn, batch_sharding=sharding),
-                  static_argnames="length", donate_argnums=(0, 1))
+                  static_argnames=("length", "freeze"), donate_argnums=(0, 1))
   n = pipe.num_examples["train"]
-  orders = _Orders(lambda epoch: dp.replicate(np.stack([
-      np.asarray(pipeline.epoch_permutation(s, epoch, n)) for s in seeds])))
+  shared = len(set(seeds)) == 1  # One seed, one order, one batch (see members_chunk).
+
+  def make_orders(epoch):
+    perms = [np.asarray(pipeline.epoch_permutation(s, epoch, n))
+             for s in (seeds[:1] if shared else seeds)]
+    return dp.replicate(perms[0] if shared else np.stack(perms))
+
+  orders, compiled = _Orders(make_orders), {}
+
+  def run(states, alive, epoch, first, length, freeze):
+    if (length, freeze) not in compiled:
+      compiled[length, freeze] = ahead_of_time(chunk, states, alive, images, labels,
+                                               orders(epoch), first, length=length,
+                                               freeze=freeze)
+      progress.mark(step)
+    return parallel.bounded_dispatch(
+        compiled[length, freeze](states, alive, images, labels, orders(epoch), first),
+        dp.num_devices)
+
+  freeze = not all(alive)
   alive = dp.replicate(np.asarray(alive, bool))
-  compiled = {}
   step, spe = start_step, pipe.steps_per_epoch
   while step < schedule.total_steps:
     epoch, first = divmod(step, spe)
     length = schedule.chunk_length(step)
-    if length not in compiled:
-      compiled[length] = ahead_of_time(chunk, states, alive, images, labels, orders(epoch),
-                                       first, length=length)
-      progress.mark(step)
-    states, alive, stacked = parallel.bounded_dispatch(
-        compiled[length](states, alive, images, labels, orders(epoch), first), dp.num_devices)
+    start = None if freeze else jax.tree.map(jnp.copy, (states, alive))
+    new_states, new_alive, stacked = run(states, alive, epoch, first, length, freeze)
+    if not freeze and not np.all(jax.device_get(new_alive)):
+      freeze = True  # A member diverged in this chunk: redo it, freezing that member.
+      new_states, new_alive, stacked = run(*start, epoch, first, length, freeze)
+    states, alive = new_states, new_alive
     step += length
     yield states, step, stacked
 

@@ -130,12 +130,22 @@ def train_chunk(state: TrainState, images, labels, order, first, *, length: int,
 
 
 def members_chunk(states, alive, images, labels, orders, first, *, length: int,
-                  batch_size: int, step_fn: Callable, batch_sharding=None):
-  """train_chunk for K stacked models (vmapped), each with its own data order.
+                  batch_size: int, step_fn: Callable, freeze: bool, batch_sharding=None):
+  """train_chunk for K stacked models (vmapped).
 
-  A member whose step turns non-finite (the loss, or any gradient leaf: the
-  same test the loop's divergence check makes) keeps its last finite state
-  from then on (alive -> False); its siblings are untouched.
+  orders is [K, N], one data order per member, or [N], one order all
+  members share (they share a seed). A shared order means a shared batch:
+  the first layer of the K models is then one wide matmul (the batch times
+  the K kernels side by side, by JAX's batching rule for an unbatched
+  operand) instead of K small batched ones, and the gather runs once.
+
+  alive marks the members still training; the returned alive is False for
+  every member with a non-finite step (the loss, or any gradient leaf: the
+  test the loop's divergence check makes). With freeze, such a member keeps
+  its last finite state from then on and its siblings are untouched. That
+  costs a select over the whole state every step, so the driver runs
+  freeze=False while every member is finite, and reruns a chunk with
+  freeze=True from its start only if a member diverged in it.
   """
 
   def one(state, alive, order):
@@ -145,13 +155,15 @@ def members_chunk(states, alive, images, labels, orders, first, *, length: int,
                                     batch_sharding)
       new_state, m = step_fn(state, batch)
       ok = alive & jnp.isfinite(m["loss"]) & jnp.all(m[GRAD_FINITE])
-      state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
-      return (state, ok), m
+      if freeze:
+        new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+      return (new_state, ok), m
 
     (state, alive), m = jax.lax.scan(body, (state, alive), jnp.arange(length))
     return state, alive, m
 
-  return jax.vmap(one)(states, alive, orders)
+  return jax.vmap(one, in_axes=(0, 0, 0 if orders.ndim == 2 else None))(
+      states, alive, orders)
 
 
 def eval_step(state: TrainState, batch, mask, *, head: models.Head, preprocess: Callable):
