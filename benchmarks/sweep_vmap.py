@@ -1,12 +1,20 @@
 """K models in one vmap program vs the same K trained one after another.
 
 Fashion-MNIST-shaped synthetic data (28x28x1, 10 classes), batch 128,
-SGD + momentum, one epoch per model, through the project's sweep engine
-(sweep_vmap_size=K vs 1). Then the scaling of the jit data-parallel step
-over 1, 2, 4 and 8 forced host devices (on one CPU this shows overhead, not
-speed-up). Prints everything in one run:
+SGD + momentum, through the project's sweep engine (auto vmap choice vs
+sweep_vmap_size=1), seconds of training by the engine's own clock. Prints,
+in one run:
 
-    python benchmarks/sweep_vmap.py [--examples 60000] [--k 8]
+1. the sweep table: 8 MLPs 784-32-32-10, 2 epochs each, as 8 learning rates
+   with one seed (members share their batches) and as 8 seeds (each its own
+   data order), against the project's own one-at-a-time runs and against 8
+   PyTorch eager runs one after another (skipped with a note without torch);
+2. one program vs one by one across widths (8 seeds, one epoch), with what
+   the automatic choice picks;
+3. the jit data-parallel step over 1, 2, 4 and 8 forced host devices (on
+   one CPU this shows overhead, not speed-up).
+
+    python benchmarks/sweep_vmap.py [--examples 60000] [--k 8] [--epochs 2]
 """
 
 import argparse
@@ -22,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def _config(hidden, examples):
+def _config(hidden, examples, epochs=1):
   from vgg_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config()
   config.dataset.name = "synthetic"
@@ -31,35 +39,105 @@ def _config(hidden, examples):
   config.dataset.synthetic.num_test = 1000
   config.model.hidden_sizes = hidden
   config.optimizer.name, config.optimizer.learning_rate = "momentum", 0.01
-  config.batch_size, config.num_epochs, config.eval_batch_size = 128, 1, 1000
+  config.batch_size, config.num_epochs, config.eval_batch_size = 128, epochs, 1000
   config.num_devices = 1
   return config
 
 
-def train_seconds(config, k: int, vmap_size: int, workdir: str) -> float:
-  """Seconds to train k models (seeds 0..k-1, one epoch each) through the
-  sweep engine, vmap_size per program: the sum over programs of the engine's
-  own train_seconds clock (compile, evals and checkpoint writes left out)."""
+def train_seconds(config, axis, vmap_size: int, workdir: str) -> float:
+  """Seconds to train the sweep `axis` through the sweep engine, vmap_size
+  models per program (-1: the automatic choice): the sum over programs of
+  the engine's own train_seconds clock (compile, evals and checkpoint writes
+  left out)."""
   import csv  # pylint: disable=g-import-not-at-top
-  from vgg_jax import sweep  # pylint: disable=g-import-not-at-top
+  from vgg_jax import data, sweep  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())
-  config.sweep = sweep.to_config(sweep.axis("seed", list(range(k))))
+  config.sweep = sweep.to_config(axis)
   config.sweep_vmap_size = vmap_size
+  if vmap_size == -1:
+    vmap_size = sweep.vmap_size(config, data.load(config.dataset).info, len(axis))
   sweep.run_sweep(config, workdir)
   with open(os.path.join(workdir, "results.csv"), newline="") as f:
     rows = list(csv.DictReader(f))
-  per_program = {}
+  per_program = {}  # A program's members share its clock: count it once.
   for r in rows:
     program = int(r["run_id"]) // vmap_size
     per_program[program] = max(per_program.get(program, 0.0), float(r["train_seconds"]))
   return sum(per_program.values())
 
 
+def torch_seconds(dataset, hidden, learning_rates, seeds, epochs: int):
+  """Seconds for PyTorch eager to train one model per (rate, seed), one after
+  another, the same MLP and batches as the engine (uint8 gathered, then
+  normalized per batch); None without torch."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count() or 1)
+  x, y = dataset.splits["train"]
+  images = torch.from_numpy(x.reshape(len(x), -1))
+  targets = torch.from_numpy(y.astype(np.int64))
+  mean, std = dataset.info.mean[0], dataset.info.std[0]
+  total = 0.0
+  for lr, seed in zip(learning_rates, seeds):
+    torch.manual_seed(seed)
+    sizes = (images.shape[1],) + tuple(hidden)
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+      layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], 10))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    start = time.perf_counter()
+    for _ in range(epochs):
+      order = torch.randperm(len(targets))
+      for i in range(len(targets) // 128):
+        idx = order[i * 128:(i + 1) * 128]
+        batch = (images[idx].float() / 255.0 - mean) / std
+        loss = torch.nn.functional.cross_entropy(model(batch), targets[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    total += time.perf_counter() - start
+  return total
+
+
+def sweep_table(args):
+  """The 8-small-models sweep, one program vs one at a time vs PyTorch."""
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger("vgg_jax").setLevel(logging.WARNING)
+  from vgg_jax import data, sweep  # pylint: disable=g-import-not-at-top
+  hidden, k = (32, 32), args.k
+  config = _config(hidden, args.examples, args.epochs)
+  dataset = data.load(config.dataset)
+  rates = [0.001 * 2**i for i in range(k)]
+  cases = {f"{k} LRs, one seed": (sweep.axis("optimizer.learning_rate", rates), rates, [0] * k),
+           f"{k} seeds, one LR": (sweep.axis("seed", list(range(k))), [0.01] * k, list(range(k)))}
+  print(f"{k} MLPs 784-{'-'.join(map(str, hidden))}-10, {args.epochs} epochs of {args.examples} "
+        "examples each, batch 128, SGD+momentum; seconds of training")
+  print(f"{'sweep':<18}{'one program':>12}{'one by one':>12}{'PyTorch x' + str(k):>12}"
+        f"{'vs own':>9}{'vs PyTorch':>12}")
+  for name, (axis, lrs, seeds) in cases.items():
+    with tempfile.TemporaryDirectory() as d:
+      vm = train_seconds(config, axis, -1, os.path.join(d, "vmap"))
+      seq = train_seconds(config, axis, 1, os.path.join(d, "seq"))
+    torch_s = torch_seconds(dataset, hidden, lrs, seeds, args.epochs)
+    torch_cols = (f"{torch_s:>12.2f}", f"{torch_s / vm:>11.2f}x") if torch_s else (
+        f"{'-':>12}", f"{'-':>12}")
+    print(f"{name:<18}{vm:>12.2f}{seq:>12.2f}{torch_cols[0]}{seq / vm:>8.2f}x{torch_cols[1]}")
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    print("(PyTorch not installed: pip install torch for the PyTorch column)")
+  print("goals: vs own >= 3x (LRs, one seed) and >= 1.5x (seeds); vs PyTorch >= 5x")
+
+
 def vmap_table(args):
   import logging  # pylint: disable=g-import-not-at-top
   logging.getLogger("vgg_jax").setLevel(logging.WARNING)
   from vgg_jax import data, sweep  # pylint: disable=g-import-not-at-top
-  print(f"K={args.k} models, one epoch of {args.examples} examples each (Fashion-MNIST "
+  print(f"\nK={args.k} models (seeds), one epoch of {args.examples} examples each (Fashion-MNIST "
         "shape), batch 128, SGD+momentum; seconds of training by the engine's clock "
         "(compile, evals and checkpoint writes excluded)")
   print(f"{'MLP':<22}{'one by one s':>13}{'vmap K s':>10}{'speed-up':>10}{'auto picks':>12}")
@@ -67,8 +145,9 @@ def vmap_table(args):
     config = _config(hidden, args.examples)
     dataset = data.load(config.dataset)
     with tempfile.TemporaryDirectory() as d:
-      seq = train_seconds(config, args.k, 1, os.path.join(d, "seq"))
-      vm = train_seconds(config, args.k, args.k, os.path.join(d, "vmap"))
+      axis = sweep.axis("seed", list(range(args.k)))
+      seq = train_seconds(config, axis, 1, os.path.join(d, "seq"))
+      vm = train_seconds(config, axis, args.k, os.path.join(d, "vmap"))
     picked = sweep.vmap_size(config, dataset.info, args.k)
     name = "784-" + "-".join(map(str, hidden)) + "-10"
     print(f"{name:<22}{seq:>13.2f}{vm:>10.2f}{seq / vm:>9.2f}x{'vmap ' + str(picked):>12}")
@@ -117,11 +196,13 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--examples", type=int, default=60000)
   parser.add_argument("--k", type=int, default=8)
+  parser.add_argument("--epochs", type=int, default=2, help="epochs per model in the sweep table")
   parser.add_argument("--scaling_child", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.scaling_child:
     scaling_child(args.scaling_child)
     return
+  sweep_table(args)
   vmap_table(args)
   scaling_table(args)
 

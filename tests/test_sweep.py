@@ -50,6 +50,33 @@ def test_vmapped_models_equal_separate_runs(tmp_path):
   assert len({round(r["test_loss"], 6) for r in results}) == 4
 
 
+def test_members_with_one_seed_share_one_batch_and_equal_separate_runs(tmp_path, monkeypatch):
+  """One seed, one data order: the group gathers one batch for all members
+  (an unbatched order, so their first layers are one wide matmul), and each
+  member still trains exactly what its own run trains."""
+  from vgg_jax.training import steps  # pylint: disable=g-import-not-at-top
+  ranks = []
+  members_chunk = steps.members_chunk
+
+  def spy(states, alive, images, labels, orders, *args, **kwargs):
+    ranks.append(orders.ndim)
+    return members_chunk(states, alive, images, labels, orders, *args, **kwargs)
+
+  monkeypatch.setattr(steps, "members_chunk", spy)
+  config = tiny_config()
+  config.optimizer.name = "momentum"
+  rates = [0.02, 0.05, 0.1]
+  config.sweep = sweep.to_config(sweep.axis("optimizer.learning_rate", rates))
+  results = sweep.run_sweep(config, str(tmp_path / "sweep"))
+  assert ranks and set(ranks) == {1}
+  for r in results:
+    single = sweep.apply_overrides(config, {"optimizer.learning_rate": rates[r["run_id"]]})
+    single.sweep = ""
+    alone = train.train_and_evaluate(single, str(tmp_path / f"alone{r['run_id']}"))
+    assert r["test_loss"] == pytest.approx(alone["loss"], rel=1e-5)
+  assert len({round(r["test_loss"], 6) for r in results}) == 3
+
+
 def test_diverged_member_is_frozen_and_siblings_are_untouched(tmp_path):
   config = tiny_config()
   config.optimizer.name = "sgd"
