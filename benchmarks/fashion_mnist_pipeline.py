@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from benchmarks.common import torch_mlp_trainer
 from vgg_jax import config_lib, data, models, optim, train
 from vgg_jax.data import pipeline
 
@@ -103,28 +104,8 @@ def matmul_floor_runner(steps: int):
 
 def torch_runner(x: np.ndarray, y: np.ndarray, mean, std):
   import torch  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  torch.set_num_threads(os.cpu_count() or 1)
-  model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(),
-                              torch.nn.Linear(256, 256), torch.nn.ReLU(),
-                              torch.nn.Linear(256, 10))
-  opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-  images = torch.from_numpy(x.reshape(len(x), -1))
-  targets = torch.from_numpy(y.astype(np.int64))
-
-  def run_epoch():
-    order = torch.randperm(len(targets))
-    start = time.perf_counter()
-    for i in range(len(targets) // BATCH):
-      idx = order[i * BATCH:(i + 1) * BATCH]
-      batch = (images[idx].float() / 255.0 - mean) / std
-      loss = torch.nn.functional.cross_entropy(model(batch), targets[idx])
-      opt.zero_grad()
-      loss.backward()
-      opt.step()
-    return time.perf_counter() - start, float(loss.detach())
-
-  return run_epoch, torch.__version__
+  return (torch_mlp_trainer(x, y, mean, std, (256, 256), learning_rate=0.05, seed=0,
+                            batch=BATCH), torch.__version__)
 
 
 def main():

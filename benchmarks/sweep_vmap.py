@@ -68,38 +68,17 @@ def train_seconds(config, axis, vmap_size: int, workdir: str) -> float:
 
 def torch_seconds(dataset, hidden, learning_rates, seeds, epochs: int):
   """Seconds for PyTorch eager to train one model per (rate, seed), one after
-  another, the same MLP and batches as the engine (uint8 gathered, then
-  normalized per batch); None without torch."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(os.cpu_count() or 1)
+  another, the same MLP and batches as the engine; None without torch."""
+  from benchmarks.common import torch_mlp_trainer  # pylint: disable=g-import-not-at-top
   x, y = dataset.splits["train"]
-  images = torch.from_numpy(x.reshape(len(x), -1))
-  targets = torch.from_numpy(y.astype(np.int64))
-  mean, std = dataset.info.mean[0], dataset.info.std[0]
   total = 0.0
   for lr, seed in zip(learning_rates, seeds):
-    torch.manual_seed(seed)
-    sizes = (images.shape[1],) + tuple(hidden)
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-      layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], 10))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    start = time.perf_counter()
-    for _ in range(epochs):
-      order = torch.randperm(len(targets))
-      for i in range(len(targets) // 128):
-        idx = order[i * 128:(i + 1) * 128]
-        batch = (images[idx].float() / 255.0 - mean) / std
-        loss = torch.nn.functional.cross_entropy(model(batch), targets[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    total += time.perf_counter() - start
+    try:
+      run_epoch = torch_mlp_trainer(x, y, dataset.info.mean[0], dataset.info.std[0], hidden,
+                                    learning_rate=lr, seed=seed)
+    except ImportError:
+      return None
+    total += sum(run_epoch()[0] for _ in range(epochs))
   return total
 
 
