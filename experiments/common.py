@@ -21,6 +21,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from vgg_jax import cli
+from vgg_jax import preemption
 from vgg_jax import report
 from vgg_jax.errors import UserError
 
@@ -144,6 +145,8 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
         if isinstance(value, ml_collections.ConfigDict) and "optimizer" in value:
           config_validation.validate(value)
       train_and_analyze(exp)
+    except preemption.Preempted as e:  # Rerunning resumes from the checkpoints.
+      cli.fail(str(e), code=preemption.EXIT_CODE, prog=name)
     except UserError as e:
       cli.fail(str(e), prog=name)
     print(f"{name}: {exp.trained_runs} runs trained this time, {time.time() - start:.0f} s; "

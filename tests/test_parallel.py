@@ -161,3 +161,48 @@ def test_lost_process_stops_the_survivor_clearly_and_both_resume(tmp_path):
   assert "resumed from checkpoint at step" in outs[0][1]
   train_steps = [r["step"] for r in metrics.read_metrics(str(tmp_path), "train")]
   assert train_steps == list(range(50, 801, 50))  # None missing, none twice.
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_step_and_both_resume(tmp_path):
+  """SIGTERM to process 1 only: after each chunk the processes agree, so both
+  save at one step and exit 75 (process 0 names a peer's signal); the rerun
+  resumes with no step lost or repeated."""
+  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  from vgg_jax import preemption  # pylint: disable=g-import-not-at-top
+  args = ["--config=configs/default.py", "--config.model.hidden_sizes=(32,)",
+          "--config.num_train_steps=120", "--config.log_every_steps=10",
+          "--config.eval_every_steps=60", "--config.checkpoint_every_steps=50",
+          "--config.scan_epoch=False", f"--workdir={tmp_path}"]
+  base = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+              XLA_FLAGS="--xla_force_host_platform_device_count=2")
+
+  def launch(signal_process=None):
+    port = _free_port()
+    procs = []
+    for i in range(2):
+      env = dict(base)
+      if i == signal_process:
+        env.update(VGG_JAX_KILL_AT="step:33", VGG_JAX_KILL_SIGNAL="TERM")
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "vgg_jax.main", *args,
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+           f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE, text=True))
+    return procs, [p.communicate(timeout=300) for p in procs]
+
+  procs, outs = launch(signal_process=1)
+  lines = [err.strip().splitlines()[-1] for _, err in outs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == preemption.EXIT_CODE, err[-2000:]
+  assert lines[1].startswith("vgg_jax: stopped by SIGTERM at step ")
+  assert lines[0].startswith("vgg_jax: stopped by a peer's signal at step ")
+  step = lines[1].split("at step ")[1].split(";")[0]
+  assert f"at step {step};" in lines[0]
+  assert (tmp_path / "checkpoints" / step).is_dir()
+  procs, outs = launch()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert f"resumed from checkpoint at step {step}" in outs[0][1]
+  train_steps = [r["step"] for r in metrics.read_metrics(str(tmp_path), "train")]
+  assert train_steps == list(range(10, 121, 10))  # None missing, none twice.

@@ -1,9 +1,10 @@
-"""Fault injection for the reliability tests: SIGKILL this process at a named point.
+"""Fault injection for the reliability tests: signal this process at a named point.
 
-    VGG_JAX_KILL_AT=<point>:<step>
+    VGG_JAX_KILL_AT=<point>:<step>   [VGG_JAX_KILL_SIGNAL=KILL|TERM|INT]
 
-kills the process (SIGKILL: no cleanup, no flush, no atexit) the first time
-training reaches <point> at or after step <step>. Points:
+sends the signal (default SIGKILL: no cleanup, no flush, no atexit) the
+first time training reaches <point> at or after step <step>; TERM and INT
+test graceful preemption, and are sent once. Points:
 
   step        right after a training chunk is dispatched
   eval        after the first eval split is written, before the next
@@ -17,6 +18,8 @@ import os
 import signal
 
 ENV = "VGG_JAX_KILL_AT"
+SIGNAL_ENV = "VGG_JAX_KILL_SIGNAL"
+_sent = []
 POINTS = ("step", "eval", "checkpoint", "sweep_eval")
 
 
@@ -32,5 +35,8 @@ def _target():
 
 def maybe_kill(point: str, step: int) -> None:
   target = _target()
-  if target is not None and target[0] == point and step >= target[1]:
-    os.kill(os.getpid(), signal.SIGKILL)
+  if target is not None and target[0] == point and step >= target[1] and not _sent:
+    name = os.environ.get(SIGNAL_ENV, "KILL")
+    if name != "KILL":
+      _sent.append(name)  # A graceful stop: once, as a scheduler would.
+    os.kill(os.getpid(), getattr(signal, f"SIG{name}"))

@@ -5,8 +5,10 @@
 
 This file is only the absl app. The logic lives in vgg_jax.training, which can
 be imported and tested without flags. Bad input (a config value, a flag, a
-missing dataset) prints one line on stderr and exits with code 2, before
-anything is written to the workdir.
+missing dataset, a workdir another run holds) prints one line on stderr and
+exits with code 2, before anything is written to the workdir. A diverged
+run exits with 1; a run stopped by SIGTERM or SIGINT writes a checkpoint and
+exits with 75 (preemption.EXIT_CODE), and the same command resumes it.
 """
 
 import os
@@ -15,7 +17,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from vgg_jax import cli
+from vgg_jax import cli, preemption
 from vgg_jax.errors import DivergedError, UserError
 
 FLAGS = flags.FLAGS
@@ -61,6 +63,8 @@ def main(argv):
     result = training.train_and_evaluate(config, FLAGS.workdir)
   except DivergedError as e:
     cli.fail(str(e), code=1)
+  except preemption.Preempted as e:
+    cli.fail(str(e), code=preemption.EXIT_CODE)
   except UserError as e:
     cli.fail(str(e))
   except Exception:  # pylint: disable=broad-except

@@ -19,11 +19,11 @@ from vgg_jax import tf_import
 
 METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"
-STATUSES = ("running", "done", "diverged")
+STATUSES = ("running", "done", "diverged", "preempted")
 
 
 def write_status(workdir: str, status: str, **fields) -> None:
-  """workdir/status.json: running, done or diverged, with the step and details.
+  """workdir/status.json: running, done, diverged or preempted, with the step and details.
 
   Written atomically by process 0. A run killed mid-way stays "running": the
   file says how far it had started from, and a rerun resumes it.

@@ -37,7 +37,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import ml_collections
 
-from vgg_jax import config_validation
+from vgg_jax import config_validation, preemption
 from vgg_jax.errors import ConfigError
 from vgg_jax.training.program import INJECTED_KEYS
 
@@ -145,16 +145,24 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1
   measured per model on a fixed batch of training examples at step 0 and at
   every eval, into probes.csv (e.g. per-layer gradient norms).
   """
-  from vgg_jax.training import engine, sweep_group  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   runs = runs_from_config(config)
   index, count = parse_shard(shard)
   mine = [(i, r) for i, r in enumerate(runs) if i % count == index]
   configs = {i: apply_overrides(config, r) for i, r in mine}
   for c in configs.values():  # Every run's config is checked before anything runs.
     config_validation.validate(c)
-  keys = sorted({k for r in runs for k in r})
-  os.makedirs(workdir, exist_ok=True)
+  import jax  # pylint: disable=g-import-not-at-top
   suffix = ".csv" if count == 1 else f"-shard{index}of{count}.csv"
+  # Shards of one sweep share the workdir; each shard has its own lock.
+  with workdir_lib.locked(workdir, primary=jax.process_index() == 0,
+                          name=workdir_lib.LOCK_FILE + suffix.replace(".csv", "")):
+    return _run_shard(workdir, runs, mine, configs, shard, suffix, probe)
+
+
+def _run_shard(workdir, runs, mine, configs, shard, suffix, probe) -> List[Dict]:
+  from vgg_jax.training import engine, sweep_group  # pylint: disable=g-import-not-at-top
+  keys = sorted({k for r in runs for k in r})
   writer = sweep_group.ResultsWriter(os.path.join(workdir, RESULTS_FILE.replace(".csv", suffix)),
                                      keys)
   probe_writer = None if probe is None else sweep_group.ResultsWriter(
@@ -169,20 +177,23 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1
   logger.info("sweep: %d runs, %d in shard %s, %d already finished", len(runs), len(mine),
               shard, len(set(configs) & set(finished)))
   results, start, datasets = [], time.time(), {}
-  for members in groups.values():
-    group_config = members[0].config
-    dataset = _load_once(datasets, group_config)
-    k = vmap_size(group_config, dataset.info, len(members), dataset.num_train)
-    for first in range(0, len(members), k):
-      part = members[first:first + k]
-      # A program all of whose runs are unfinished resumes from its checkpoint;
-      # where some finished, the others train again as a program of their own.
-      part = [m for m in part if m.run_id not in finished]
-      if not part:
-        continue
-      outputs = sweep_group.GroupOutputs(workdir, part, writer, status, start, probe,
-                                         probe_writer)
-      results += sweep_group.train_group(group_config, dataset, part, outputs)
+  with preemption.guard() as signalled:
+    for members in groups.values():
+      group_config = members[0].config
+      dataset = _load_once(datasets, group_config)
+      k = vmap_size(group_config, dataset.info, len(members), dataset.num_train)
+      for first in range(0, len(members), k):
+        part = members[first:first + k]
+        # A program all of whose runs are unfinished resumes from its checkpoint;
+        # where some finished, the others train again as a program of their own.
+        part = [m for m in part if m.run_id not in finished]
+        if not part:
+          continue
+        if preemption.agreed(signalled.requested):
+          raise preemption.Preempted(None, workdir, signalled.signal_name or "a peer's signal")
+        outputs = sweep_group.GroupOutputs(workdir, part, writer, status, start, probe,
+                                           probe_writer)
+        results += sweep_group.train_group(group_config, dataset, part, outputs)
   status.write()
   return results
 

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vgg_jax import checkpoint, config_validation, data, faults, optim, parallel
+from vgg_jax import checkpoint, config_validation, data, faults, optim, parallel, preemption
 from vgg_jax.data import pipeline
 from vgg_jax.errors import ConfigError
 from vgg_jax.training import drivers, program as program_lib, steps
@@ -116,13 +116,16 @@ def train_members(setup: Setup, members: List[Member], outputs, checkpoint_name:
                                              else eval_source.arrays)]
   step, results = start_step, {}
   try:
-    for state, new_step, stacked in chunks:
-      rows.add(step + 1, stacked)
-      faults.maybe_kill("step", new_step)
-      if _after_chunk(setup, state, step, new_step, rows, outputs, progress, manager,
-                      eval_fn, eval_source, splits, results):
-        break
-      step = new_step
+    with preemption.guard() as signalled:
+      for state, new_step, stacked in chunks:
+        rows.add(step + 1, stacked)
+        faults.maybe_kill("step", new_step)
+        if _after_chunk(setup, state, step, new_step, rows, outputs, progress, manager,
+                        eval_fn, eval_source, splits, results):
+          break
+        step = new_step
+        if step < schedule.total_steps and preemption.agreed(signalled.requested):
+          _stop_preempted(state, step, rows, outputs, progress, manager, signalled)
     manager.wait_until_finished()
   finally:
     manager.close()
@@ -130,6 +133,17 @@ def train_members(setup: Setup, members: List[Member], outputs, checkpoint_name:
   if "test" not in results and step == schedule.total_steps:  # Resumed a finished run.
     results["test"] = _eval(eval_fn, state, eval_source, "test", config.eval_batch_size)
   return outputs.results(state, step, results)
+
+
+def _stop_preempted(state, step, rows, outputs, progress, manager, signalled):
+  """A signal arrived: the chunk and what was due after it are done; save
+  (unless this step was just saved), mark the run preempted, and stop."""
+  manager.wait_until_finished()
+  if step not in manager.all_steps():
+    checkpoint.save(manager, step, state, outputs.snapshot(rows, progress))
+    manager.wait_until_finished()
+  outputs.preempted(step)
+  raise preemption.Preempted(step, outputs.workdir, signalled.signal_name or "a peer's signal")
 
 
 def _driver(setup: Setup, members, state, rows, start_step, progress):

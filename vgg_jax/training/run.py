@@ -4,8 +4,10 @@ and status.json into its workdir.
     train_and_evaluate(config, workdir) -> final test metrics
 
 Resumes from the newest checkpoint in workdir. Raises ConfigError or
-DataError before writing anything, and DivergedError (status.json:
-diverged) when a loss or gradient turns non-finite.
+DataError before writing anything, WorkdirBusyError when another process
+holds the workdir, DivergedError (status.json: diverged) when a loss or
+gradient turns non-finite, and preemption.Preempted (status.json:
+preempted) after a SIGTERM or SIGINT, once a checkpoint is written.
 """
 
 import logging
@@ -17,7 +19,7 @@ from typing import Dict
 import jax
 import ml_collections
 
-from vgg_jax import config_validation, data, faults, metrics
+from vgg_jax import config_validation, data, faults, metrics, preemption
 from vgg_jax.errors import DivergedError
 from vgg_jax.training import engine, workdir as workdir_lib
 from vgg_jax.training.rows import MemberRows, TrainRows, divergence_error, params_fingerprint
@@ -83,6 +85,10 @@ class RunOutputs:
                          layer=error.layer, message=str(error))
     raise error
 
+  def preempted(self, step: int) -> None:
+    self.close()
+    metrics.write_status(self.workdir, "preempted", step=step, total_steps=self.total_steps)
+
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
@@ -122,7 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
   config_validation.validate(config)
   workdir_lib.check_workdir_config(config, workdir)
-  outputs = RunOutputs(config, workdir)
-  members = [engine.Member(config)]
-  setup = engine.set_up(config, data.load(config.dataset), members, workdir)
-  return engine.train_members(setup, members, outputs)
+  with workdir_lib.locked(workdir, primary=jax.process_index() == 0), preemption.guard():
+    outputs = RunOutputs(config, workdir)
+    members = [engine.Member(config)]
+    setup = engine.set_up(config, data.load(config.dataset), members, workdir)
+    return engine.train_members(setup, members, outputs)

@@ -98,8 +98,10 @@ class SweepStatus:
     self.write()
 
   def write(self) -> None:
-    busy = any(r["status"] in ("pending", "running") for r in self.runs.values())
-    metrics.write_status(self.workdir, "running" if busy else "done", runs=self.runs)
+    statuses = {r["status"] for r in self.runs.values()}
+    overall = ("preempted" if "preempted" in statuses else
+               "running" if statuses & {"pending", "running"} else "done")
+    metrics.write_status(self.workdir, overall, runs=self.runs)
 
 
 def group_tag(members: List[engine.Member]) -> str:
@@ -233,6 +235,11 @@ class GroupOutputs:
     self.probe_writer.write_many([
         (m.run_id, m.overrides, {"step": step, "name": name, "value": float(v[j])})
         for j, m in enumerate(self.members) for name, v in sorted(values.items())])
+
+  def preempted(self, step: int) -> None:
+    for m in self.members:
+      self.status.runs[str(m.run_id)] = {"status": "preempted", "step": step}
+    self.status.write()
 
   def close(self) -> None:
     pass

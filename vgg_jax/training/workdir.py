@@ -1,8 +1,14 @@
-"""A run's workdir bookkeeping: config.json, model_info.json, and the check
-that a rerun resumes only a run of the same config."""
+"""A run's workdir bookkeeping: config.json, model_info.json, the check that a
+rerun resumes only a run of the same config, and the lock that keeps one
+process per workdir."""
 
+import contextlib
+import datetime
+import fcntl
 import json
 import os
+import socket
+from typing import Dict, Iterator
 
 import ml_collections
 
@@ -66,3 +72,76 @@ def write_model_info(config, info, workdir: str) -> None:
       "cache_features": bool(config.model.cache_features)})
 
 
+
+
+LOCK_FILE = ".lock"
+_held: Dict[str, list] = {}  # realpath -> [open lock file, depth]: re-entrant per process.
+
+
+class WorkdirBusyError(UserError):
+  """Another live process holds the workdir's lock."""
+
+
+@contextlib.contextmanager
+def locked(workdir: str, primary: bool = True, name: str = LOCK_FILE) -> Iterator[None]:
+  """Holds workdir/<name> (an OS lock: fcntl.flock) while the body runs.
+
+  The kernel drops the lock when its holder exits, however it dies, so a
+  lock left by a killed run never blocks the rerun. A second process gets
+  WorkdirBusyError naming the holder. Only the primary process (process 0
+  of a multi-process run) locks: its peers share the workdir with it.
+  Nested calls on the same workdir (a sweep's groups) reuse the lock. A
+  workdir this call created is removed again if the body fails before
+  anything but the lock was written in it.
+  """
+  if not primary:
+    yield
+    return
+  if not workdir:
+    raise UserError("--workdir is empty; give the directory to write the run into")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir} is a file, not a directory")
+  created = not os.path.exists(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    key = os.path.realpath(os.path.join(workdir, name))
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot create --workdir={workdir}: {getattr(e, 'strerror', None) or e}") from None
+  if key in _held:
+    _held[key][1] += 1
+    try:
+      yield
+    finally:
+      _held[key][1] -= 1
+    return
+  path = os.path.join(workdir, name)
+  try:
+    f = open(path, "a+")  # pylint: disable=consider-using-with
+  except OSError as e:
+    raise UserError(f"cannot write in --workdir={workdir}: {path}: {e.strerror}") from None
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise WorkdirBusyError(f"{workdir} is in use by {holder}; wait for it to finish, or use "
+                           "another --workdir") from None
+  f.seek(0)
+  f.truncate()
+  started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+  f.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+  f.flush()
+  _held[key] = [f, 1]
+  try:
+    yield
+  except BaseException:
+    # A run that failed before writing anything (a config error found once
+    # the data is loaded, say) leaves no workdir behind if it made it.
+    if created and os.listdir(workdir) == [name]:
+      os.remove(path)
+      os.rmdir(workdir)
+    raise
+  finally:
+    del _held[key]
+    f.close()  # Releases the lock.
