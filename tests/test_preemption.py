@@ -6,7 +6,6 @@ mid-eval (between two eval splits) and mid-checkpoint (while orbax writes in
 the background), so each test knows where the signal landed.
 """
 
-import csv
 import json
 import os
 import signal
@@ -17,7 +16,8 @@ import time
 import pytest
 
 from conftest import REPO, run_cli, write_sweep_config
-from test_reliability import MEMORY_ARGS, _env, _rows, _status
+from test_reliability import (MEMORY_ARGS, _env, _rows, _status,  # pylint: disable=unused-import
+                              memory_reference, sweep_results)
 from vgg_jax import preemption
 from vgg_jax.training import workdir as workdir_lib
 
@@ -28,18 +28,11 @@ def _cli(args, workdir, **env):
                         timeout=300)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("reference")
-  proc = run_cli(MEMORY_ARGS, workdir=workdir)
-  assert proc.returncode == 0, proc.stderr
-  return _rows(workdir), _status(workdir)
-
-
 @pytest.mark.parametrize("sig", ["TERM", "INT"])
 @pytest.mark.parametrize("point", ["step:40", "eval:64", "checkpoint:96"])
-def test_signal_checkpoints_exits_75_and_resumes_bit_for_bit(sig, point, reference, tmp_path):
-  rows, status = reference
+def test_signal_checkpoints_exits_75_and_resumes_bit_for_bit(sig, point, memory_reference,
+                                                             tmp_path):
+  rows, status = memory_reference
   stopped = _cli(MEMORY_ARGS, tmp_path, VGG_JAX_KILL_AT=point, VGG_JAX_KILL_SIGNAL=sig)
   assert stopped.returncode == preemption.EXIT_CODE, stopped.stderr[-2000:]
   assert "Traceback" not in stopped.stderr
@@ -90,14 +83,7 @@ def test_sweep_signal_resumes_to_the_same_results(tmp_path):
   rerun = _cli(args, tmp_path / "s")
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert "resumed at step" in rerun.stderr
-
-  def final(workdir):
-    with open(workdir / "results.csv", newline="") as f:
-      rows = list(csv.DictReader(f))
-    return sorted((r["run_id"], r["step"], r["split"], r["loss"], r["accuracy"], r["status"])
-                  for r in rows)
-
-  assert final(tmp_path / "s") == final(ref)
+  assert sweep_results(tmp_path / "s") == sweep_results(ref)
   assert _status(tmp_path / "s")["status"] == "done"
 
 

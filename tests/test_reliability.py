@@ -141,13 +141,15 @@ def test_sweep_kill_resumes_bit_for_bit(tmp_path):
   # The first group's evals at epochs 1..5 are not final: the kill lands mid-group.
   _killed_then_rerun(args, tmp_path / "killed", "sweep_eval:150")
 
-  def final(workdir):
-    with open(workdir / "results.csv", newline="") as f:
-      rows = list(csv.DictReader(f))
-    return sorted((r["run_id"], r["step"], r["split"], r["loss"], r["accuracy"], r["status"])
-                  for r in rows)
+  assert sweep_results(tmp_path / "killed") == sweep_results(ref)
 
-  assert final(tmp_path / "killed") == final(ref)
+
+def sweep_results(workdir):
+  """Every results.csv row of a sweep, in a canonical order, without timings."""
+  with open(workdir / "results.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  return sorted((r["run_id"], r["step"], r["split"], r["loss"], r["accuracy"], r["status"])
+                for r in rows)
 
 
 # --------------------------------------------------------------- NaN runs
