@@ -148,3 +148,36 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
   # or written twice, and the final test metrics are the uninterrupted ones.
   assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in expected]
   assert strip(got) == strip(expected)
+
+
+CONFIG_FILE_FAULTS = {
+    "syntax_error": ("def get_config(:\n", "SyntaxError: invalid syntax"),
+    "get_config_raises": ("def get_config():\n  raise RuntimeError('boom')\n",
+                          "RuntimeError: boom"),
+    "returns_a_partial_dict": ("def get_config():\n  return {'seed': 0}\n",
+                               "config error: dtype='<missing>'"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(CONFIG_FILE_FAULTS))
+def test_a_config_file_that_fails_to_load_is_one_line(fault, tmp_path):
+  source, expected = CONFIG_FILE_FAULTS[fault]
+  path = tmp_path / "bad_config.py"
+  path.write_text(source)
+  proc = run_cli([f"--config={path}"], workdir=tmp_path / "run")
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and expected in lines[0], proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--config=configs/cats_vs_dogs.py:bogus"], "ValueError: unknown variant 'bogus'"),
+    ([DEFAULT, f"--config.seed={2**64}"], "seed=18446744073709551616 is invalid"),
+])
+def test_an_unknown_variant_or_a_huge_seed_is_one_line(args, expected, tmp_path):
+  proc = run_cli(args, workdir=tmp_path / "run")
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and expected in lines[0], proc.stderr
+  assert not (tmp_path / "run").exists()

@@ -24,12 +24,24 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if "Traceback (most recent call last):" in lines:  # config_flags embeds get_config's.
+      fail(f"cannot load {' '.join(_config_args(argv)) or 'the config'}: {lines[-1]}")
     fail(f"flag error: {e}")
   except (AttributeError, KeyError) as e:  # config_flags: an override names no key.
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     hint = re.search(r'Did you mean "([\w.]+)"', str(e))
     fail(f"flag error: unknown config key in {' '.join(overrides)}"
          + (f' (did you mean "{hint.group(1)}"?)' if hint else ""))
+  except Exception as e:  # pylint: disable=broad-except
+    # A config file that does not compile, or whose get_config raises.
+    message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    fail(f"cannot load {' '.join(_config_args(argv)) or 'the config'}: {type(e).__name__}"
+         + (f": {message}" if message else ""))
+
+
+def _config_args(argv):
+  return [a for a in argv[1:] if re.match(r"--\w*config=", a)]
 
 
 def setup_logging(*names: str):

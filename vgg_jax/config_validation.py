@@ -23,7 +23,11 @@ def _choice(config, key: str, allowed: Iterable[str]):
 def _get(config, key: str):
   node = config
   for part in key.split("."):
-    node = node[part]
+    try:
+      node = node[part]
+    except (KeyError, TypeError):
+      raise ConfigError(key, "<missing>", "a config with every key of "
+                        "vgg_jax.config_lib.base_config() (start get_config from it)") from None
   return node
 
 
@@ -95,7 +99,7 @@ def _validate_optimizer(config):
 def _validate_run(config):
   _choice(config, "parallelism", parallel.PARALLELISMS)
   _number(config, "num_devices", 1, integer=True, extra=(-1,))
-  _number(config, "seed", 0, integer=True)
+  _number(config, "seed", 0, 2**63 - 1, integer=True)
   _number(config, "batch_size", 1, integer=True, extra=(-1,))  # -1: full batch.
   _number(config, "eval_batch_size", 1, integer=True)
   _number(config, "num_epochs", 1, integer=True)
