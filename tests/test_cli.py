@@ -174,8 +174,12 @@ def test_a_config_file_that_fails_to_load_is_one_line(fault, tmp_path):
 @pytest.mark.parametrize("args,expected", [
     (["--config=configs/cats_vs_dogs.py:bogus"], "ValueError: unknown variant 'bogus'"),
     ([DEFAULT, f"--config.seed={2**64}"], "seed=18446744073709551616 is invalid"),
+    # Used to die in eval with "range() arg 3 must not be zero".
+    ([DEFAULT, "--config.dataset.validation_fraction=0.0001"],
+     "dataset.validation_fraction=0.0001 is invalid"),
+    ([DEFAULT, "--config.dataset.test_fraction=0.0001"], "dataset.test_fraction=0.0001 is invalid"),
 ])
-def test_an_unknown_variant_or_a_huge_seed_is_one_line(args, expected, tmp_path):
+def test_an_unknown_variant_a_huge_seed_or_an_empty_split_is_one_line(args, expected, tmp_path):
   proc = run_cli(args, workdir=tmp_path / "run")
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()

@@ -260,6 +260,10 @@ def _carve(config, splits: Dict[str, Split]) -> Dict[str, Split]:
   if config.validation_fraction > 0:
     order = np.random.default_rng(0).permutation(len(y))
     num_val = int(round(len(y) * config.validation_fraction))
+    if not 0 < num_val < len(y):
+      raise ConfigError("dataset.validation_fraction", config.validation_fraction,
+                        f"0 (no validation split), or a fraction that holds out between 1 and "
+                        f"{len(y) - 1} of the {len(y)} training examples")
     val, rest = np.sort(order[:num_val]), np.sort(order[num_val:])
     splits = {**splits, "validation": (x[val], y[val])}
     x, y = x[rest], y[rest]

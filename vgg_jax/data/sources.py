@@ -10,6 +10,8 @@ from typing import Callable, Tuple
 import ml_collections
 import numpy as np
 
+from vgg_jax.errors import ConfigError
+
 Split = Tuple[np.ndarray, np.ndarray]  # (uint8 [n, h, w, c], int32 [n])
 
 
@@ -35,6 +37,10 @@ def load_digits(config: ml_collections.ConfigDict) -> Tuple[Split, Split]:
   labels = digits.target.astype(np.int32)
   order = np.random.default_rng(0).permutation(len(labels))
   num_test = int(round(len(labels) * config.test_fraction))
+  if not 0 < num_test < len(labels):
+    raise ConfigError("dataset.test_fraction", config.test_fraction,
+                      f"a fraction that holds out between 1 and {len(labels) - 1} of the "
+                      f"{len(labels)} digits")
   test, train = order[:num_test], order[num_test:]
   return (images[train], labels[train]), (images[test], labels[test])
 
