@@ -46,6 +46,18 @@ def imagenet_names(path=None) -> List[str]:
     raise UserError(f"cannot read class names from {path}: {e}") from None
 
 
+def _read_json_object(path: str) -> dict:
+  """A JSON object from a file, or a one-line UserError naming the file."""
+  try:
+    with open(path, "rb") as f:
+      value = json.loads(f.read().decode("utf-8"))
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{path} is damaged (it holds {type(value).__name__}, not a JSON object)")
+  return value
+
+
 def restore_for_inference(workdir: str):
   """(model, variables, model_info, head) from a run's newest checkpoint.
 
@@ -54,24 +66,29 @@ def restore_for_inference(workdir: str):
   base comes from the pretrained file again, making a whole VGG.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from vgg_jax import checkpoint, data  # pylint: disable=g-import-not-at-top
+  from vgg_jax import checkpoint, config_validation, data  # pylint: disable=g-import-not-at-top
   from vgg_jax.training import program as program_lib  # pylint: disable=g-import-not-at-top
   from vgg_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   paths = [os.path.join(workdir, f) for f in ("config.json", workdir_lib.MODEL_INFO_FILE)]
   missing = [p for p in paths if not os.path.exists(p)]
   if missing:
     raise UserError(f"{workdir} holds no trained run ({', '.join(missing)} missing)")
-  with open(paths[0]) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  with open(paths[1]) as f:
-    info = json.load(f)
-  names = tuple(info["class_names"])
-  if not config.model.cache_features:  # The checkpoint has every layer: no weights file needed.
-    config.model.pretrained = ""
-  program = program_lib.build(config, data.DatasetInfo(
-      name=config.dataset.name, num_classes=len(names), class_names=names,
-      image_shape=tuple(info["image_shape"]), mean=tuple(info["mean"]), std=tuple(info["std"]),
-      source=workdir), total_steps=1)
+  config, info = (_read_json_object(p) for p in paths)
+  try:
+    config = ml_collections.ConfigDict(config)
+    names = tuple(str(n) for n in info["class_names"])
+    dataset_info = data.DatasetInfo(
+        name=config.dataset.name, num_classes=len(names), class_names=names,
+        image_shape=tuple(int(d) for d in info["image_shape"]),
+        mean=tuple(float(m) for m in info["mean"]), std=tuple(float(s) for s in info["std"]),
+        source=workdir)
+    if not config.model.cache_features:  # The checkpoint has every layer: no weights file needed.
+      config.model.pretrained = ""
+    config_validation.validate(config)  # A one-line error naming a missing or bad key.
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise UserError(f"{workdir}: config.json or {workdir_lib.MODEL_INFO_FILE} lacks a field or "
+                    f"has one of the wrong type ({type(e).__name__}: {e})") from None
+  program = program_lib.build(config, dataset_info, total_steps=1)
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
   state, step, _ = checkpoint.restore_latest(manager, program.create_state())
   manager.close()

@@ -8,14 +8,18 @@ are dropped, so metrics.jsonl never holds a step twice.
 
 import datetime
 import json
+import logging
 import math
 import os
+import shutil
 import time
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional, Tuple
 
 import jax
 
 from vgg_jax import tf_import
+
+logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"
@@ -46,22 +50,55 @@ def write_json(path: str, record, **dump_options) -> None:
   os.replace(tmp, path)
 
 
+def _parse_rows(path: str) -> Tuple[List[Tuple[dict, str]], List[Tuple[int, str]]]:
+  """(rows with their lines, damaged lines as (line number, why)) of a jsonl file.
+
+  A row is a JSON object with an integer "step" and a string "split". Anything
+  else (a line cut off by a kill, `null`, binary junk from a crash or an
+  editor) is damaged.
+  """
+  rows, damaged = [], []
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, 1):
+      if not raw.strip():
+        continue
+      try:
+        row = json.loads(raw.decode("utf-8"))
+      except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        damaged.append((number, type(e).__name__))
+        continue
+      if (not isinstance(row, dict) or not isinstance(row.get("step"), int)
+          or not isinstance(row.get("split"), str)):
+        damaged.append((number, f"not a metrics row: {raw.strip()[:40].decode('utf-8', 'replace')!r}"))
+        continue
+      text = raw.decode("utf-8")
+      rows.append((row, text if text.endswith("\n") else text + "\n"))
+  return rows, damaged
+
+
 def _truncate_jsonl(path: str, keep_through_step: int) -> None:
-  """Atomically rewrites `path` keeping only rows with step <= keep_through_step."""
+  """Atomically rewrites `path` keeping only rows with step <= keep_through_step.
+
+  Damaged lines are dropped. Only the last line cut off by a kill is dropped
+  quietly; for anything else the original file is kept beside it
+  (<name>.damaged-<time>) and one warning says so.
+  """
   if not os.path.exists(path):
     return
-  kept = []
-  with open(path) as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:  # A line cut off by a kill mid-write.
-        continue
-      if row.get("step", 0) <= keep_through_step:
-        kept.append(line if line.endswith("\n") else line + "\n")
+  rows, damaged = _parse_rows(path)
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  # A kill mid-write leaves one last line without its newline.
+  cut_off_tail = len(damaged) == 1 and damaged[0][0] == len(lines) and lines[-1].strip()
+  if damaged and not cut_off_tail:
+    kept = f"{path}.damaged-{int(time.time())}"
+    shutil.copyfile(path, kept)
+    number, why = damaged[0]
+    logger.warning("%s: dropped %d damaged line(s) (line %d: %s); the original is kept as %s",
+                   path, len(damaged), number, why, kept)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    f.writelines(kept)
+    f.writelines(line for row, line in rows if row["step"] <= keep_through_step)
   os.replace(tmp, path)
 
 
@@ -103,9 +140,8 @@ class MetricsWriter:
 
 def read_metrics(workdir: str, split: Optional[str] = None) -> list:
   """Reads metrics.jsonl back as a list of dicts, optionally for one split."""
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if split is None or r["split"] == split]
+  rows, _ = _parse_rows(os.path.join(workdir, METRICS_FILE))  # Damaged lines are skipped.
+  return [r for r, _ in rows if split is None or r["split"] == split]
 
 
 class Progress:

@@ -153,6 +153,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1
   for c in configs.values():  # Every run's config is checked before anything runs.
     config_validation.validate(c)
   import jax  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(workdir):
+    workdir_lib.check_layout(workdir)
   suffix = ".csv" if count == 1 else f"-shard{index}of{count}.csv"
   # Shards of one sweep share the workdir; each shard has its own lock.
   with workdir_lib.locked(workdir, primary=jax.process_index() == 0,

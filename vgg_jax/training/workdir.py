@@ -8,7 +8,7 @@ import fcntl
 import json
 import os
 import socket
-from typing import Dict, Iterator
+from typing import Iterator, Set
 
 import ml_collections
 
@@ -35,14 +35,39 @@ def _flatten(tree, prefix=""):
   return {prefix[:-1]: tree}
 
 
+MODEL_INFO_FILE = "model_info.json"
+
+# What a workdir holds, and whether each is a directory: a name of the wrong
+# kind (a file where checkpoints/ should be, say) is refused before training.
+LAYOUT = {"checkpoints": True, "corrupt_checkpoints": True, "tensorboard": True,
+          "config.json": False, metrics.METRICS_FILE: False, metrics.STATUS_FILE: False,
+          MODEL_INFO_FILE: False}
+
+
+def check_layout(workdir: str) -> None:
+  """One-line UserError if something in the workdir is a file where a
+  directory belongs, or the other way round."""
+  for name, is_dir in LAYOUT.items():
+    path = os.path.join(workdir, name)
+    if os.path.lexists(path) and os.path.isdir(path) != is_dir:
+      kind = "a directory" if is_dir else "a file"
+      raise UserError(f"{path} should be {kind}; move it away or use another --workdir")
+
+
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses (before writing anything) to resume a workdir of a different config."""
+  """Refuses (before writing anything) to resume a workdir of a different
+  config, or one whose layout is broken."""
+  if os.path.isdir(workdir):
+    check_layout(workdir)
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
   try:
     with open(path) as f:
-      old = _flatten(json.load(f))
+      old = json.load(f)
+    if not isinstance(old, dict):
+      raise ValueError("not a JSON object")
+    old = _flatten(old)
   except (OSError, ValueError):
     raise ConfigError("--workdir", workdir, "a fresh directory, or one written by this "
                       f"config ({path} is unreadable)") from None
@@ -61,8 +86,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
                      json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
 
 
-MODEL_INFO_FILE = "model_info.json"
-
 
 def write_model_info(config, info, workdir: str) -> None:
   """What predict needs besides the checkpoint: classes and input preprocessing."""
@@ -72,10 +95,8 @@ def write_model_info(config, info, workdir: str) -> None:
       "cache_features": bool(config.model.cache_features)})
 
 
-
-
 LOCK_FILE = ".lock"
-_held: Dict[str, list] = {}  # realpath -> [open lock file, depth]: re-entrant per process.
+_held: Set[str] = set()  # Realpaths of the locks this process holds: nested calls reuse them.
 
 
 class WorkdirBusyError(UserError):
@@ -108,11 +129,7 @@ def locked(workdir: str, primary: bool = True, name: str = LOCK_FILE) -> Iterato
   except (OSError, ValueError) as e:
     raise UserError(f"cannot create --workdir={workdir}: {getattr(e, 'strerror', None) or e}") from None
   if key in _held:
-    _held[key][1] += 1
-    try:
-      yield
-    finally:
-      _held[key][1] -= 1
+    yield
     return
   path = os.path.join(workdir, name)
   try:
@@ -132,7 +149,7 @@ def locked(workdir: str, primary: bool = True, name: str = LOCK_FILE) -> Iterato
   started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
   f.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
   f.flush()
-  _held[key] = [f, 1]
+  _held.add(key)
   try:
     yield
   except BaseException:
@@ -143,5 +160,5 @@ def locked(workdir: str, primary: bool = True, name: str = LOCK_FILE) -> Iterato
       os.rmdir(workdir)
     raise
   finally:
-    del _held[key]
+    _held.discard(key)
     f.close()  # Releases the lock.
