@@ -20,7 +20,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from vgg_jax import cli
+from vgg_jax import cli, errors
 from vgg_jax import preemption
 from vgg_jax import report
 from vgg_jax.errors import UserError
@@ -149,6 +149,10 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
       cli.fail(str(e), code=preemption.EXIT_CODE, prog=name)
     except UserError as e:
       cli.fail(str(e), prog=name)
+    except Exception as e:  # pylint: disable=broad-except
+      if errors.is_disk_full(e):
+        cli.fail(errors.disk_full_message(FLAGS.workdir), prog=name)
+      raise
     print(f"{name}: {exp.trained_runs} runs trained this time, {time.time() - start:.0f} s; "
           f"report: {exp.path('report.md')}")
 

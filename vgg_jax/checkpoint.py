@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vgg_jax.errors import UserError
+from vgg_jax.errors import UserError, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,49 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
   return dest
 
 
+class _DropDiskFullEchoes(logging.Filter):
+  """Orbax logs a failed async write (a full disk) from each of its threads,
+  traceback and all; the same error is raised again in the main thread
+  (check_for_errors, wait_until_finished), where the run reports it in one
+  line. Those echoes are dropped; other errors are logged as usual."""
+
+  def filter(self, record):
+    return not (record.exc_info and record.exc_info[1] is not None
+                and is_disk_full(record.exc_info[1])
+                or record.levelno >= logging.ERROR and is_disk_full(Exception(record.getMessage())))
+
+
+def _closed_loop(value) -> bool:
+  return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
+def _drop_closed_loop_callbacks():
+  """After a failed or abandoned async write, orbax's event loop is closed
+  while TensorStore still completes the pending writes; each completion
+  callback fails with 'Event loop is closed' and is printed through one of
+  Python's hooks. Those say nothing the failure itself does not."""
+  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+  def quiet_excepthook(kind, value, tb):
+    if not _closed_loop(value):
+      excepthook(kind, value, tb)
+
+  def quiet_unraisablehook(unraisable):
+    if not _closed_loop(unraisable.exc_value):
+      unraisablehook(unraisable)
+
+  sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+
+
+for _name in ("absl", "asyncio"):  # asyncio: "Task exception was never retrieved".
+  logging.getLogger(_name).addFilter(_DropDiskFullEchoes())
+_drop_closed_loop_callbacks()
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, train_rows: Dict) -> None:
+  """Starts an async save of step; first raises the error of a previous one
+  (a full disk, say) once orbax knows of it."""
+  manager.check_for_errors()
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              train_rows=ocp.args.JsonSave(train_rows)),
                force=True)

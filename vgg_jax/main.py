@@ -8,7 +8,9 @@ be imported and tested without flags. Bad input (a config value, a flag, a
 missing dataset, a workdir another run holds) prints one line on stderr and
 exits with code 2, before anything is written to the workdir. A diverged
 run exits with 1; a run stopped by SIGTERM or SIGINT writes a checkpoint and
-exits with 75 (preemption.EXIT_CODE), and the same command resumes it.
+exits with 75 (preemption.EXIT_CODE), and the same command resumes it. A
+full disk stops the run with one line (exit 2); its earlier checkpoints are
+intact, and rerunning once there is space resumes.
 """
 
 import os
@@ -18,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vgg_jax import cli, preemption
-from vgg_jax.errors import DivergedError, UserError
+from vgg_jax.errors import DivergedError, UserError, disk_full_message, is_disk_full
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
@@ -67,7 +69,9 @@ def main(argv):
     cli.fail(str(e), code=preemption.EXIT_CODE)
   except UserError as e:
     cli.fail(str(e))
-  except Exception:  # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
+    if is_disk_full(e):
+      cli.fail(disk_full_message(FLAGS.workdir))
     from vgg_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.wait_for_watchdog()  # A dead peer ends the run here, clearly.
     raise

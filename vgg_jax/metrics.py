@@ -44,10 +44,15 @@ def write_json(path: str, record, **dump_options) -> None:
   """Writes JSON atomically (temp file, then rename): a reader or a kill never
   leaves half a file."""
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(record, f, **{"indent": 1, **dump_options})
-    f.write("\n")
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(record, f, **{"indent": 1, **dump_options})
+      f.write("\n")
+    os.replace(tmp, path)
+  except OSError:  # A full disk, say: the old file stays, and no half-written temp.
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def _parse_rows(path: str) -> Tuple[List[Tuple[dict, str]], List[Tuple[int, str]]]:
