@@ -18,16 +18,19 @@ KERAS_CLASS_INDEX = os.path.expanduser("~/.keras/models/imagenet_class_index.jso
 
 def load_images(paths: List[str], height: int, width: int, channels: int) -> np.ndarray:
   """uint8 [n, height, width, channels], resized; one line naming a bad file."""
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vgg_jax.data import image_folder  # pylint: disable=g-import-not-at-top
   out = []
   for path in paths:
     try:
-      with Image.open(path) as img:
+      with image_folder.open_image(path) as img:
         img = img.convert("RGB" if channels == 3 else "L").resize((width, height),
                                                                    Image.BILINEAR)
         array = np.asarray(img, np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
-      raise UserError(f"cannot read image {path}: {e}") from None
+    except Exception as e:  # pylint: disable=broad-except
+      # Pillow raises many types for bad files (OSError, SyntaxError,
+      # DecompressionBombError, ValueError...).
+      raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
     out.append(array.reshape(height, width, channels))
   return np.stack(out)
 

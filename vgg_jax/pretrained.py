@@ -59,12 +59,16 @@ def load(path: str, name: str = "vgg16") -> Tuple[Params, dict]:
     raise WeightsError(f"pretrained weights are for {', '.join(VGG_STAGES)}, not {name}")
   if not os.path.exists(path):
     raise WeightsError(f"weights file {path} does not exist; {WHERE}")
-  if path.endswith(".h5"):
-    return from_keras(_read_keras_h5(path), name, path), dict(CAFFE)
-  if path.endswith((".pth", ".pt")):
-    return from_torchvision(_read_torch(path), name, path), dict(TORCH)
-  if path.endswith(".safetensors"):
-    return from_torchvision(read_safetensors(path), name, path), dict(TORCH)
+  try:
+    if path.endswith(".h5"):
+      return from_keras(_read_keras_h5(path), name, path), dict(CAFFE)
+    if path.endswith((".pth", ".pt")):
+      return from_torchvision(_read_torch(path), name, path), dict(TORCH)
+    if path.endswith(".safetensors"):
+      return from_torchvision(read_safetensors(path), name, path), dict(TORCH)
+  except (KeyError, ValueError, IndexError, TypeError, AttributeError) as e:
+    # The checks below name the common faults; this is the net under them.
+    raise WeightsError(f"{path} does not fit {name} ({type(e).__name__}: {e})") from None
   raise WeightsError(f"{path}: unknown weights format; expected .h5 (Keras), .pth/.pt or "
                      ".safetensors (torchvision)")
 
@@ -156,6 +160,8 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
   try:
     (size,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + size])
+    if not isinstance(header, dict):
+      raise TypeError(f"the header is a JSON {type(header).__name__}, not an object")
     data = raw[8 + size:]
     out = {}
     for key, spec in header.items():
@@ -193,21 +199,34 @@ def from_torchvision(state: Dict[str, np.ndarray], name: str, path: str = "the w
   if len(indices) != len(targets):
     raise WeightsError(f"{path} has {len(indices)} conv layers (features.*.weight); {name} "
                        f"needs {len(targets)}")
+  def arrays(prefix, ndim):  # (weight, bias) of one layer, or a one-line error.
+    weight, bias = state.get(f"{prefix}.weight"), state.get(f"{prefix}.bias")
+    if bias is None:
+      raise WeightsError(f"{path} has {prefix}.weight but no {prefix}.bias")
+    if np.ndim(weight) != ndim or np.ndim(bias) != 1 or len(bias) != np.shape(weight)[0]:
+      raise WeightsError(f"{path}: {prefix}.weight has shape {tuple(np.shape(weight))} and "
+                         f"{prefix}.bias {tuple(np.shape(bias))}; expected a {ndim}-D weight "
+                         "and a bias of its first dimension")
+    return weight, bias
+
   params = {}
   for target, n in zip(targets, indices):
-    params[target] = {"kernel": state[f"features.{n}.weight"].transpose(2, 3, 1, 0),
-                      "bias": state[f"features.{n}.bias"]}
+    w, b = arrays(f"features.{n}", 4)
+    params[target] = {"kernel": w.transpose(2, 3, 1, 0), "bias": b}
   for target, n in (("fc1", 0), ("fc2", 3), ("head", 6)):
     if f"classifier.{n}.weight" not in state:
       continue
-    w = state[f"classifier.{n}.weight"]
+    w, b = arrays(f"classifier.{n}", 2)
     if target == "fc1":  # (out, C*H*W) -> (H*W*C, out): our flatten is channels-last.
       channels = params[targets[-1]]["bias"].shape[0]
       side = int(round((w.shape[1] / channels) ** 0.5))
+      if side * side * channels != w.shape[1]:
+        raise WeightsError(f"{path}: classifier.0.weight takes {w.shape[1]} inputs, not "
+                           f"{channels} channels times a square feature map")
       w = w.reshape(w.shape[0], channels, side, side).transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
     else:
       w = w.T
-    params[target] = {"kernel": w, "bias": state[f"classifier.{n}.bias"]}
+    params[target] = {"kernel": w, "bias": b}
   return {k: {n: np.ascontiguousarray(a, np.float32) for n, a in v.items()}
           for k, v in params.items()}
 

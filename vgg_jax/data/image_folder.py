@@ -14,6 +14,7 @@ import concurrent.futures
 import logging
 import os
 import re
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,17 +52,26 @@ def list_files(root: str) -> Tuple[List[str], List[str], str]:
   return paths, names, "flat <class>.<n>.<ext> files"
 
 
+def open_image(path: str):
+  """PIL's Image.open, where an image past Pillow's pixel limit
+  (Image.MAX_IMAGE_PIXELS, 89M; a decompression bomb, or a scan far too big
+  to train on) raises instead of warning and then filling memory."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+  return Image.open(path)
+
+
 def _decode(path: str, size: int) -> Optional[np.ndarray]:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
-    with Image.open(path) as image:
+    with open_image(path) as image:
       image = image.convert("RGB")
       if size:
         image = image.resize((size, size), Image.BILINEAR)
       return np.asarray(image, np.uint8)
   except Exception as e:  # pylint: disable=broad-except
     # Pillow raises many types for bad files (OSError, SyntaxError, ValueError...).
-    logger.warning("skipping unreadable image %s: %s", path, e)
+    logger.warning("skipping unreadable image %s: %s: %s", path, type(e).__name__, e)
     return None
 
 
