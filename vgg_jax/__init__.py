@@ -6,3 +6,12 @@ ml_collections configs. See README.md.
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# jaxlib and TensorFlow share one C++ logger, set up by whichever is imported
+# first (jax, here), so TF's own quieting (vgg_jax.tf_import) comes too late:
+# its warnings (a TensorBoard flush on a full disk prints eight lines) would
+# break the one-line errors. Errors still print; TF_CPP_MIN_LOG_LEVEL=0 shows
+# everything.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
