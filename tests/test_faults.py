@@ -254,9 +254,10 @@ def test_a_decompression_bomb_in_a_folder_is_skipped_with_a_warning(tmp_path, ca
 # ---------------------------------------------------------- a full disk
 
 
-def _in_a_small_tmpfs(script, tmp_path):
-  """Runs a shell script in a private mount namespace where $FULL is a tmpfs
-  (gone when the script ends); skips where namespaces are not allowed."""
+def _in_a_mount_namespace(script, tmp_path):
+  """Runs a shell script in a private mount namespace (its mounts, such as a
+  small tmpfs at $FULL, are gone when it ends); skips where namespaces are
+  not allowed. $OUT is tmp_path, outside the mounts."""
   unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
   probe = subprocess.run(unshare + ["sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"],
                          capture_output=True)
@@ -283,7 +284,7 @@ def test_a_full_disk_is_one_line_keeps_the_checkpoint_and_the_rerun_resumes(
       'mount -o remount,size=16m "$FULL"',  # Space freed.
       f'{main} 2> "$OUT/second.err"; echo $? > "$OUT/second.rc"',
       'cp "$FULL/run/status.json" "$FULL/run/metrics.jsonl" "$OUT/"'])
-  proc = _in_a_small_tmpfs(script, tmp_path)
+  proc = _in_a_mount_namespace(script, tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   first = subprocess.CompletedProcess([], int((tmp_path / "first.rc").read_text()), "",
                                       (tmp_path / "first.err").read_text())
@@ -296,6 +297,23 @@ def test_a_full_disk_is_one_line_keeps_the_checkpoint_and_the_rerun_resumes(
   assert status(tmp_path)["params_sha256"] == status(ref)["params_sha256"]
   strip = lambda rows: [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in rows]
   assert strip(metrics.read_metrics(str(tmp_path))) == strip(metrics.read_metrics(str(ref)))
+
+
+@pytest.mark.parametrize("where,expected", [
+    ("$FULL/run", "cannot create --workdir="),  # A new workdir in a read-only directory.
+    ("$FULL", "cannot write in --workdir="),  # A read-only workdir.
+])
+def test_a_read_only_workdir_is_one_line(where, expected, tmp_path):
+  script = "\n".join([
+      'mount --bind -o ro "$FULL" "$FULL" || exit 99',
+      f'"$PY" -m vgg_jax.main {" ".join(ARGS)} --workdir="{where}" 2> "$OUT/err"; '
+      'echo $? > "$OUT/rc"'])
+  proc = _in_a_mount_namespace(script, tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = subprocess.CompletedProcess([], int((tmp_path / "rc").read_text()), "",
+                                       (tmp_path / "err").read_text())
+  assert_fails_in_one_line(result, expected)
+  assert "Read-only file system" in result.stderr
 
 
 def test_disk_full_is_recognized_through_tensorflow_and_orbax_wrappers():
