@@ -64,7 +64,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks everything that can be checked without loading data."""
   _choice(config, "dtype", components.DTYPES)
   _choice(config, "head", models.HEADS)
-  _choice(config, "dataset.name", data.DATASETS)
+  if not data.user_lib.is_user(config.dataset.name):
+    _choice(config, "dataset.name", data.DATASETS + ("module:function", "file.py:function"))
   _choice(config, "model.name", models.MODELS)
   _choice(config, "model.activation", components.ACTIVATIONS)
   _choice(config, "model.kernel_init", components.KERNEL_INITS)
@@ -184,7 +185,9 @@ def _validate_dataset(config):
                         "(height, width, channels)")
   if ds.name == "image_folder" and not ds.path:
     raise ConfigError("dataset.path", ds.path, "the root directory of the image folder")
-  if data.native_shape(ds)[-1] == 3 and ds.channels == 1:
+  if data.is_user(ds):  # Runs the user's loader once (its arrays are kept for the run).
+    _validate_user_data(config)
+  elif data.native_shape(ds)[-1] == 3 and ds.channels == 1:
     raise ConfigError("dataset.channels", ds.channels, f"0 or 3: {ds.name} is RGB")
   if ds.pipeline == "streaming" and ds.name not in data.tfds_source.SPECS:
     raise ConfigError("dataset.pipeline", ds.pipeline,
@@ -200,7 +203,10 @@ def _validate_dataset(config):
     raise ConfigError("head", config.head,
                       f"'binary' needs a 2-class task, but {ds.name} has {classes} classes; "
                       "set dataset.classes=(a, b) or use head=category")
-  height, width, _ = data.image_shape(ds)
+  shape = data.image_shape(ds)
+  if len(shape) != 3:
+    return
+  height, width, _ = shape
   if height is None:
     raise ConfigError("dataset.image_size", ds.image_size,
                       f"a size > 0: {ds.name} images vary in size, so they must be resized")
@@ -210,6 +216,28 @@ def _validate_dataset(config):
                       f"{config.model.name} pools {(need - 1).bit_length()} times and needs "
                       f"images of at least {need}x{need}, but {ds.name} gives "
                       f"{height}x{width}; set dataset.image_size>={need}")
+
+
+def _validate_user_data(config):
+  ds = config.dataset
+  shape = data.native_shape(ds)
+  if data.is_image(ds):
+    if shape[-1] not in (1, 3) and ds.channels:
+      raise ConfigError("dataset.channels", ds.channels,
+                        f"0: {ds.name} has {shape[-1]} channels, so none can be converted")
+    if shape[-1] == 3 and ds.channels == 1:
+      raise ConfigError("dataset.channels", ds.channels, f"0 or 3: {ds.name} is RGB")
+    return
+  what = f"0: {ds.name} gives features of shape {list(shape)}, not [h, w, c] images"
+  for key in ("image_size", "channels", "crop_padding"):
+    if ds[key]:
+      raise ConfigError(f"dataset.{key}", ds[key], what)
+  if ds.flip:
+    raise ConfigError("dataset.flip", ds.flip, "False" + what[1:])
+  if config.model.name != "mlp":
+    raise ConfigError("model.name", config.model.name,
+                      f"mlp: {ds.name} gives features of shape {list(shape)}, and "
+                      f"{config.model.name} needs [h, w, c] images")
 
 
 def validate_derived(config: ml_collections.ConfigDict, num_train: int, total_steps: int,

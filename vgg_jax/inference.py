@@ -16,8 +16,13 @@ from vgg_jax.errors import UserError
 KERAS_CLASS_INDEX = os.path.expanduser("~/.keras/models/imagenet_class_index.json")
 
 
-def load_images(paths: List[str], height: int, width: int, channels: int) -> np.ndarray:
-  """uint8 [n, height, width, channels], resized; one line naming a bad file."""
+def load_images(paths: List[str], *shape: int) -> np.ndarray:
+  """uint8 [n, height, width, channels] for shape (height, width, channels),
+  resized; one line naming a bad file."""
+  if len(shape) != 3:
+    raise UserError(f"this model takes features of shape {list(shape)}, not images; "
+                    "predict and visualize read image files")
+  height, width, channels = shape
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from vgg_jax.data import image_folder  # pylint: disable=g-import-not-at-top
   out = []

@@ -12,6 +12,8 @@ Sources and what they need:
   cifar10, cats_vs_dogs,
   imagenet2012                TFDS data, else a TFDS download
   image_folder                dataset.path
+  module:function, file.py:function, or a register()ed name
+                              your own loader (user.py)
 """
 
 import dataclasses
@@ -24,7 +26,9 @@ import numpy as np
 
 from vgg_jax.data import idx as idx_lib
 from vgg_jax.data import tfds_source
+from vgg_jax.data import user as user_lib
 from vgg_jax.data.sources import SOURCES as EMBEDDED
+from vgg_jax.data.user import register
 from vgg_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +49,7 @@ _CLASS_NAMES = {
     "cats_vs_dogs": ("cat", "dog"),
 }
 
-Split = Tuple[np.ndarray, np.ndarray]  # (uint8 [n, h, w, c], int32 [n])
+Split = Tuple[np.ndarray, np.ndarray]  # (uint8 [n, h, w, c] or float32 [n, ...], int32 [n])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +57,16 @@ class DatasetInfo:
   name: str
   num_classes: int
   class_names: Tuple[str, ...]
-  image_shape: Tuple[int, int, int]  # What the model sees.
-  mean: Tuple[float, ...]  # Per channel, in [0, 1] pixel units.
+  image_shape: Tuple[int, ...]  # What the model sees: (h, w, c), or a user's feature shape.
+  mean: Tuple[float, ...]  # Per channel (last axis), in [0, 1] pixel units for uint8.
   std: Tuple[float, ...]
   source: str  # Where the data came from, for logs and reports.
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Every split in host memory as uint8; the pipeline moves it to the device."""
+  """Every split in host memory (uint8 images, or a user's float features); the
+  pipeline moves it to the device."""
   info: DatasetInfo
   splits: Dict[str, Split]  # train, test and maybe validation.
 
@@ -73,7 +78,20 @@ class Dataset:
 # ---------------------------------------------------------------- metadata
 
 
-def native_shape(config: ml_collections.ConfigDict) -> Tuple[Optional[int], Optional[int], int]:
+def is_user(config: ml_collections.ConfigDict) -> bool:
+  """Whether dataset.name names the user's own loader rather than a built-in."""
+  return config.name not in DATASETS and user_lib.is_user(config.name)
+
+
+def is_image(config: ml_collections.ConfigDict) -> bool:
+  """Whether the data are [h, w, c] images (all built-ins; a user's may be features)."""
+  return not is_user(config) or user_lib.load(config).is_image
+
+
+def native_shape(config: ml_collections.ConfigDict) -> Tuple[Optional[int], ...]:
+  """(height, width, channels) of the stored images; a user loader's shape as given."""
+  if is_user(config):
+    return user_lib.load(config).shape
   if config.name in EMBEDDED:
     return tuple(EMBEDDED[config.name].image_shape(config))
   if config.name in tfds_source.SPECS:
@@ -81,9 +99,13 @@ def native_shape(config: ml_collections.ConfigDict) -> Tuple[Optional[int], Opti
   return (None, None, 3)  # image_folder: decoded as RGB, sizes vary.
 
 
-def image_shape(config: ml_collections.ConfigDict) -> Tuple[Optional[int], Optional[int], int]:
-  """The shape the model will see, computed without loading any data."""
-  h, w, c = native_shape(config)
+def image_shape(config: ml_collections.ConfigDict) -> Tuple[Optional[int], ...]:
+  """The shape the model will see, computed without loading any data (a user's
+  loader runs once, and its arrays are kept for the run)."""
+  shape = native_shape(config)
+  if len(shape) != 3:  # A user's features: no resize or channel change applies.
+    return tuple(shape)
+  h, w, c = shape
   if config.image_size:
     h = w = config.image_size
   return (h, w, config.channels or c)
@@ -91,6 +113,8 @@ def image_shape(config: ml_collections.ConfigDict) -> Tuple[Optional[int], Optio
 
 def native_class_names(config: ml_collections.ConfigDict) -> Optional[Tuple[str, ...]]:
   """Class names without reading data; None where only the data can tell."""
+  if is_user(config):
+    return user_lib.load(config).class_names
   if config.name == "synthetic":
     return tuple(f"class_{i}" for i in range(config.synthetic.num_classes))
   if config.name in _CLASS_NAMES:
@@ -151,6 +175,11 @@ def _mean_std(config, info_name: str, train_images: Optional[np.ndarray], channe
     if train_images is None:
       raise ConfigError("dataset.normalization", config.normalization,
                         "auto, unit or imagenet when streaming (computed needs all pixels)")
+    if train_images.dtype != np.uint8:  # A user's float features: exact moments per channel.
+      x = train_images.reshape(-1, train_images.shape[-1]).astype(np.float64)
+      std = x.std(axis=0)
+      std[std < 1e-12] = 1.0  # A constant feature: left at 0 after centring.
+      return tuple(float(v) for v in x.mean(axis=0)), tuple(float(v) for v in std)
     # uint8 has 256 values: a histogram per channel gives exact moments
     # without a float copy of the whole split.
     mean, std = [], []
@@ -241,9 +270,10 @@ def _finish_memory(config, name, splits: Dict[str, Split], class_names_, source,
     splits = {s: _select_classes(x, y, classes) for s, (x, y) in splits.items()}
   if classes:
     class_names_ = tuple(class_names_[c] for c in classes) if class_names_ else None
-  if config.image_size and not resized:
+  if config.image_size and not resized and splits["train"][0].ndim == 4:
     splits = {s: (_resize(x, config.image_size), y) for s, (x, y) in splits.items()}
-  if config.channels and config.channels != splits["train"][0].shape[-1]:
+  if (config.channels and splits["train"][0].ndim == 4 and
+      config.channels != splits["train"][0].shape[-1]):
     splits = {s: (np.repeat(x, config.channels, axis=-1), y) for s, (x, y) in splits.items()}
   splits = _carve(config, splits)
   count = len(class_names_) if class_names_ else int(splits["train"][1].max()) + 1
@@ -276,6 +306,21 @@ def _carve(config, splits: Dict[str, Split]) -> Dict[str, Split]:
   return {**splits, "train": (x, y)}
 
 
+def _with_test(config, splits: Dict[str, Split]) -> Dict[str, Split]:
+  """Carves a fixed (seed-independent) test split where the source has none."""
+  if "test" in splits:
+    return splits
+  x, y = splits["train"]
+  order = np.random.default_rng(0).permutation(len(y))
+  num_test = max(1, int(round(len(y) * config.test_fraction)))
+  if num_test >= len(y):
+    raise ConfigError("dataset.test_fraction", config.test_fraction,
+                      f"a fraction that holds out between 1 and {len(y) - 1} of the "
+                      f"{len(y)} examples")
+  test, train = np.sort(order[:num_test]), np.sort(order[num_test:])
+  return {"train": (x[train], y[train]), "test": (x[test], y[test])}
+
+
 def _select_classes(images, labels, classes):
   """Keeps only `classes` and relabels them 0..k-1 in the given order."""
   remap = np.full(max(int(labels.max()), max(classes)) + 1, -1, np.int32)
@@ -292,6 +337,8 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
   with jax.default_device(jax.devices("cpu")[0]):
     out = jax.image.resize(images.astype(np.float32),
                            (images.shape[0], size, size, images.shape[3]), "bilinear")
+    if images.dtype != np.uint8:
+      return np.asarray(out, np.float32)
     return np.asarray(np.clip(np.round(out), 0, 255)).astype(np.uint8)
 
 
@@ -316,6 +363,13 @@ def load(config: ml_collections.ConfigDict):
   Raises DataError listing every source tried when the data is nowhere.
   """
   name = config.name
+  if is_user(config):
+    user = user_lib.load(config)
+    splits = _with_test(config, dict(user.splits))
+    kind = "uint8 images" if user.shape and splits["train"][0].dtype == np.uint8 else "float32"
+    return _finish_memory(config, name, splits, user.class_names,
+                          f"your loader: {kind} {list(user.shape)}",
+                          subset_done=False, resized=False)
   if name in EMBEDDED:
     train, test = EMBEDDED[name].load(config)
     return _finish_memory(config, name, {"train": train, "test": test},
@@ -326,12 +380,7 @@ def load(config: ml_collections.ConfigDict):
     if not config.path:
       raise ConfigError("dataset.path", config.path, "the root directory of the image folder")
     splits, names = image_folder.load(config.path, config.image_size)
-    if "test" not in splits:  # Carve a fixed test split, as for digits.
-      x, y = splits["train"]
-      order = np.random.default_rng(0).permutation(len(y))
-      num_test = max(1, int(round(len(y) * config.test_fraction)))
-      test, train = np.sort(order[:num_test]), np.sort(order[num_test:])
-      splits = {"train": (x[train], y[train]), "test": (x[test], y[test])}
+    splits = _with_test(config, splits)
     return _finish_memory(config, name, splits, names, f"image folder {config.path}",
                           subset_done=False, resized=True)
 
