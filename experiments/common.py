@@ -11,6 +11,7 @@ phases' rows are merged into DIR/results.csv with a `phase` column.
 """
 
 import json
+import logging
 import os
 import time
 from typing import Callable, Dict, Iterator, List, Optional
@@ -37,6 +38,9 @@ def define_flags(get_config: Callable[[str], ml_collections.ConfigDict]) -> None
   # whichever mode runs.
   config_flags.DEFINE_config_dict("config", get_config("quick"),
                                   "Experiment settings; override with --config.key=value.")
+  flags.DEFINE_string("dataset", None, "dataset.name for every training config of the "
+                      "experiment: a built-in name, or your own loader as module:function "
+                      "or path/to/file.py:function (see vgg_jax/data/user.py).")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -52,7 +56,20 @@ def config_for_mode(get_config, mode: str) -> ml_collections.ConfigDict:
   config = get_config(mode)
   for path, value in config_flags.get_override_values(FLAGS["config"]).items():
     _set(config, path, value)
+  if FLAGS.dataset:
+    for train in train_configs(config):
+      train.dataset.name = FLAGS.dataset
   return config
+
+
+def train_configs(config: ml_collections.ConfigDict) -> List[ml_collections.ConfigDict]:
+  """The vgg_jax training configs inside an experiment's config."""
+  return [v for v in config.values() if _is_train_config(v)]
+
+
+def _is_train_config(value) -> bool:
+  return isinstance(value, ml_collections.ConfigDict) and "optimizer" in value and (
+      "dataset" in value)
 
 
 class Experiment:
@@ -129,8 +146,10 @@ def dataset_note(train_config: ml_collections.ConfigDict) -> str:
           "validation")
 
 
-def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optional[str]]):
-  """The absl entry point of experiment `name`."""
+def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optional[str]],
+        prepare: Optional[Callable[[ml_collections.ConfigDict], None]] = None):
+  """The absl entry point of experiment `name`; prepare(config) may adapt the
+  config to the data (it runs after the overrides, before validation)."""
 
   def main(argv):
     if len(argv) > 1:
@@ -141,9 +160,11 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
     start = time.time()
     try:
       from vgg_jax import config_validation  # pylint: disable=g-import-not-at-top
-      for value in config.values():  # The vgg_jax configs inside, before anything runs.
-        if isinstance(value, ml_collections.ConfigDict) and "optimizer" in value:
-          config_validation.validate(value)
+      if prepare is not None:
+        prepare(config)
+      for value in train_configs(config):  # Before anything runs.
+        config_validation.validate(value)
+      fit_subsets_to_data(name, config)
       train_and_analyze(exp)
     except preemption.Preempted as e:  # Rerunning resumes from the checkpoints.
       cli.fail(str(e), code=preemption.EXIT_CODE, prog=name)
@@ -185,6 +206,27 @@ def num_train(train_config: ml_collections.ConfigDict) -> int:
   return _NUM_TRAIN[key]
 
 
+def fit_subsets_to_data(name: str, config: ml_collections.ConfigDict) -> None:
+  """A mode's training subset larger than the data (a small dataset of your
+  own, or digits in quick mode) becomes all of it, with a warning; a size set
+  on the command line is left alone (and is a one-line error if too large)."""
+  explicit = set(config_flags.get_override_values(FLAGS["config"])) if FLAGS.is_parsed() else set()
+  for key, train in config.items():
+    if not _is_train_config(train) or train.dataset.num_train_examples <= 0:
+      continue
+    if f"{key}.dataset.num_train_examples" in explicit:
+      continue
+    whole = train.copy_and_resolve_references()
+    whole.dataset.num_train_examples = -1
+    available = num_train(whole)
+    if train.dataset.num_train_examples > available:
+      logging.getLogger("experiments").warning(
+          "%s: %s has %d training examples, fewer than the %d this mode asks for "
+          "(%s.dataset.num_train_examples): using all of them", name, train.dataset.name,
+          available, train.dataset.num_train_examples, key)
+      train.dataset.num_train_examples = -1
+
+
 def eval_every(train_config: ml_collections.ConfigDict, evals: int) -> int:
   """An eval interval giving about `evals` evals over the run."""
   steps = train_config.num_epochs * (num_train(train_config) // train_config.batch_size)
@@ -208,8 +250,9 @@ def learning_rate_candidates(rows: List[report.Row],
     ids = sorted({r["run_id"] for r in lr_rows})
     val, test = report.final_rows(lr_rows, "validation"), report.final_rows(lr_rows, "test")
     cand = {"lr": lr, "ids": ids, "rows": lr_rows, "edge": lr in (lrs[0], lrs[-1]),
-            "val_acc": report.mean_std(val[i]["accuracy"] for i in ids),
-            "test_acc": report.mean_std(test[i]["accuracy"] for i in ids)}
+            # A run that diverged before its first eval has no row: NaN.
+            "val_acc": report.mean_std(val[i]["accuracy"] for i in ids if i in val),
+            "test_acc": report.mean_std(test[i]["accuracy"] for i in ids if i in test)}
     if extra is not None:
       cand.update(extra(cand))
     yield cand

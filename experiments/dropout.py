@@ -57,8 +57,9 @@ def analyze(exp: common.Experiment):
   groups = report.group_by(rows, "model.dropout_rate", "model.input_dropout_rate")
   stats = []
   for (hidden, inp), group in sorted(groups.items()):
-    ids = sorted({r["run_id"] for r in group})
     fin = {split: report.final_rows(group, split) for split in ("train_eval", "test")}
+    # A run that diverged before its first eval has no rows to score.
+    ids = sorted({r["run_id"] for r in group} & set(fin["train_eval"]) & set(fin["test"]))
     gap = [fin["train_eval"][i]["accuracy"] - fin["test"][i]["accuracy"] for i in ids]
     stats.append({
         "label": _label(hidden, inp), "ids": ids, "rows": group,

@@ -150,9 +150,9 @@ def _reading(stats) -> str:
           f"learning rate {report.fmt(best['lr'])} (test accuracy "
           f"{report.pm(*best['test_acc'])})."]
   if smallest is not best and smallest["alive"]:
-    ratio = smallest["val_loss"][0] / best["val_loss"][0]
+    ratio = smallest["val_loss"][0] / max(best["val_loss"][0], 1e-12)
     text.append(f"Too small: at {report.fmt(smallest['lr'])} the loss after the same number "
-                f"of steps is {ratio:.1f}x higher; the steps are too short to get anywhere.")
+                f"of steps is {ratio:.3g}x higher; the steps are too short to get anywhere.")
   if diverged:
     first = diverged[0]
     text.append(f"Too large: from {report.fmt(first['lr'])} up, "

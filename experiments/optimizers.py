@@ -13,8 +13,9 @@ PNG and an animated GIF. There each optimizer's step size is the one from
 a grid with the lowest mean loss along its path (escaping, for the saddle).
 """
 
+import logging
 import math
-from typing import Dict
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -254,10 +255,25 @@ def _plot_surfaces(results, png_path, gif_path, frames: int):
 # ------------------------------------------------------------ experiment
 
 
+def prepare(config: ml_collections.ConfigDict) -> None:
+  """Leaves the VGG out where the data are features rather than images."""
+  from vgg_jax import data  # pylint: disable=g-import-not-at-top
+  if "vgg" in config and not data.is_image(config.vgg.dataset):
+    logging.getLogger("experiments.optimizers").warning("%s gives features, not images: the VGG part is left out",
+                    config.vgg.dataset.name)
+    del config["vgg"]
+
+
+def _networks(config) -> Tuple[str, ...]:
+  return tuple(m for m in ("mlp", "vgg") if m in config)
+
+
 def train(exp: common.Experiment):
   config = exp.config
-  for model, seeds, evals in (("mlp", config.seeds, config.evals_per_run),
-                              ("vgg", config.vgg_seeds, config.vgg_evals_per_run)):
+  budgets = {"mlp": (config.seeds, config.evals_per_run),
+             "vgg": (config.vgg_seeds, config.vgg_evals_per_run)}
+  for model in _networks(config):
+    seeds, evals = budgets[model]
     train_config = config[model]
     train_config.eval_every_steps = common.eval_every(train_config, evals)
     exp.sweep(model, train_config, _runs(config, seeds))
@@ -268,9 +284,11 @@ def analyze(exp: common.Experiment):
   config = exp.config
   exp.write_results()
   targets = {"mlp": config.target_accuracy, "vgg": config.vgg_target_accuracy}
-  per_model = {model: _network_stats(exp.rows(model), targets[model]) for model in ("mlp", "vgg")}
-  titles = {"mlp": f"MLP {tuple(config.mlp.model.hidden_sizes)}",
-            "vgg": f"{config.vgg.model.name} x{config.vgg.model.width_multiplier:g} width"}
+  per_model = {model: _network_stats(exp.rows(model), targets[model])
+               for model in _networks(config)}
+  titles = {"mlp": f"MLP {tuple(config.mlp.model.hidden_sizes)}"}
+  if "vgg" in config:
+    titles["vgg"] = f"{config.vgg.model.name} x{config.vgg.model.width_multiplier:g} width"
   _plot_networks(exp, {titles[m]: s for m, s in per_model.items()},
                  exp.path("learning_curves.png"))
   surfaces = _surface_results(config)
@@ -297,21 +315,23 @@ def analyze(exp: common.Experiment):
                    for surface, by_name in surfaces.items() for name, r in by_name.items()]
 
   summary = report.Report("Optimizers: the lineage from SGD to Nadam (summary)")
-  summary.text(f"Target validation accuracy: MLP {config.target_accuracy:.0%}, VGG "
-               f"{config.vgg_target_accuracy:.0%}.")
+  summary.text(f"Target validation accuracy: MLP {config.target_accuracy:.0%}" +
+               (f", VGG {config.vgg_target_accuracy:.0%}." if "vgg" in config else "."))
   summary.table(headers, table)
   summary.write(exp.path("summary.md"))
 
   rep = report.Report("Optimizers: the lineage from SGD to Nadam")
   rep.text(f"Each optimizer trains with its own grid of {len(config.lr_factors)} learning "
            f"rates (its usual rate x {tuple(config.lr_factors)}), "
-           f"{len(config.seeds)} seed(s) for the MLP and {len(config.vgg_seeds)} for the VGG; "
+           f"{len(config.seeds)} seed(s) for the MLP" +
+           (f" and {len(config.vgg_seeds)} for the VGG; " if "vgg" in config else "; ") +
            "the best rate is the one with the highest mean final validation accuracy. A "
            "group's seconds are the training time of its whole vmapped grid (same model and "
            "grid size for every optimizer, so they compare).")
-  exp.what_was_run(rep, f"MLP: {common.dataset_note(config.mlp)}; VGG: "
-                   f"{common.dataset_note(config.vgg)}, at {config.vgg.dataset.image_size}x"
-                   f"{config.vgg.dataset.image_size}")
+  exp.what_was_run(rep, f"MLP: {common.dataset_note(config.mlp)}; " + (
+      f"VGG: {common.dataset_note(config.vgg)}, at {config.vgg.dataset.image_size}x"
+      f"{config.vgg.dataset.image_size}" if "vgg" in config else
+      "no VGG: the data are features, not images"))
   rep.heading("(a) Networks")
   rep.image("learning_curves.png", "Validation curves at each optimizer's best learning rate.")
   rep.table(headers, table)
@@ -369,4 +389,4 @@ def _reading(per_model, titles, config) -> str:
 
 if __name__ == "__main__":
   common.define_flags(get_config)
-  common.run(NAME, get_config, train)
+  common.run(NAME, get_config, train, prepare=prepare)
