@@ -1,6 +1,7 @@
 """Sweeps: specs, K models per vmap program, divergence, shards, resume."""
 
 import csv
+import json
 import os
 
 import pytest
@@ -48,6 +49,25 @@ def test_vmapped_models_equal_separate_runs(tmp_path):
     assert r["test_accuracy"] == pytest.approx(alone["accuracy"], abs=1e-6)
   # Different seeds and rates really are different models.
   assert len({round(r["test_loss"], 6) for r in results}) == 4
+
+
+def test_one_model_at_a_time_uses_each_runs_own_seed(tmp_path):
+  """A group trained one model at a time (sweep_vmap_size=1, or a model too big
+  to vmap on CPU) is single-member programs: each must see its own run's data
+  order, bit for bit what the run alone trains (it once used the group's first
+  seed for every member)."""
+  config = tiny_config()
+  config.sweep_vmap_size = 1
+  runs = sweep.axis("seed", [0, 1, 2])
+  config.sweep = sweep.to_config(runs)
+  sweep.run_sweep(config, str(tmp_path / "sweep"))
+  status = json.loads((tmp_path / "sweep" / "status.json").read_text())
+  hashes = {int(i): r["params_sha256"] for i, r in status["runs"].items()}
+  for i, r in enumerate(runs):
+    single = sweep.apply_overrides(config, r)
+    train.train_and_evaluate(single, str(tmp_path / f"alone{i}"))
+    alone = json.loads((tmp_path / f"alone{i}" / "status.json").read_text())
+    assert hashes[i] == alone["params_sha256"], i
 
 
 def test_members_with_one_seed_share_one_batch_and_equal_separate_runs(tmp_path, monkeypatch):

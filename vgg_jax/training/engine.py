@@ -149,16 +149,20 @@ def _stop_preempted(state, step, rows, outputs, progress, manager, signalled):
 def _driver(setup: Setup, members, state, rows, start_step, progress):
   """(state placed for the driver, chunk iterator, eval source)."""
   config, schedule = setup.config, setup.schedule
+  # The data order is the member's own: `config` is its group's, whose seed is
+  # the first run of the group (a group trained one model at a time is several
+  # single-member programs).
+  seed = members[0].config.seed
   dp = parallel.DataParallel.create(1 if setup.use_pmap else setup.num_devices)
   if not setup.use_pmap:
     state = dp.replicate(state)
   if setup.streaming:
-    batches = setup.dataset.train_batches(config.batch_size // jax.process_count(), config.seed,
+    batches = setup.dataset.train_batches(config.batch_size // jax.process_count(), seed,
                                           start_step)
     return state, drivers.streaming_chunks(batches, dp, state, setup.program.train_step,
                                            schedule, start_step, progress), setup.dataset
   # Under pmap the data stays uncommitted on one device; pmap splits each batch.
-  pipe = pipeline.InMemoryPipeline(setup.dataset, config.batch_size, config.seed,
+  pipe = pipeline.InMemoryPipeline(setup.dataset, config.batch_size, seed,
                                    place=jax.device_put if setup.use_pmap else dp.replicate,
                                    eval_train_examples=config.eval_train_examples)
   if setup.use_pmap:
