@@ -39,6 +39,16 @@ def config():
   return tiny_config()
 
 
+def dataset_config(name, **overrides):
+  """The base config's dataset section, named `name`, with overrides."""
+  from vgg_jax import config_lib  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.base_config().dataset
+  cfg.name = name
+  for k, v in overrides.items():
+    cfg[k] = v
+  return cfg
+
+
 def run_cli(args, workdir=None, env_extra=None, **kwargs):
   """Runs `python -m vgg_jax.main` in a subprocess from the repo root."""
   import subprocess  # pylint: disable=g-import-not-at-top

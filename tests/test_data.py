@@ -10,20 +10,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import run_cli, tiny_config, write_idx_dir
-from vgg_jax import config_lib, data, metrics, train
+from conftest import dataset_config, run_cli, tiny_config, write_idx_dir
+from vgg_jax import data, metrics, train
 from vgg_jax.data import idx, pipeline
 from vgg_jax.errors import ConfigError, DataError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-def dataset_config(name, **overrides):
-  cfg = config_lib.base_config().dataset
-  cfg.name = name
-  for k, v in overrides.items():
-    cfg[k] = v
-  return cfg
 
 
 # ------------------------------------------------------------------- IDX

@@ -10,8 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, tiny_config
-from vgg_jax import config_lib, config_validation, data, inference, train
+from conftest import REPO, dataset_config, run_cli, tiny_config
+from vgg_jax import config_validation, data, inference, train
 from vgg_jax.data import user as user_lib
 from vgg_jax.errors import ConfigError, DataError, UserError
 
@@ -66,14 +66,6 @@ def loader_file(tmp_path_factory):
   # images() returns test=None: the loader's tuple form needs a real test split.
   path.write_text(LOADERS.replace("return (x, y), None", "return {'train': (x, y)}"))
   return path
-
-
-def dataset_config(name, **overrides):
-  cfg = config_lib.base_config().dataset
-  cfg.name = name
-  for k, v in overrides.items():
-    cfg[k] = v
-  return cfg
 
 
 def test_float_features_stay_float_and_are_normalized_from_train(loader_file):
