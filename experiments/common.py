@@ -110,7 +110,8 @@ class Experiment:
     return rows
 
   def wall_seconds(self) -> float:
-    """Training wall time as recorded in the runs (each phase's last row)."""
+    """Each phase's longest program, summed over phases (a run's rows count
+    from its program's start): a lower bound on the training wall time."""
     total = 0.0
     for phase in self.phases:
       times = [r["wall_seconds"] for r in self.rows(phase) if r.get("wall_seconds") != ""]
@@ -126,9 +127,11 @@ class Experiment:
   def what_was_run(self, rep: report.Report, dataset_note: str) -> None:
     """The report's provenance section: command, config, versions, hardware, time."""
     rep.heading("What was run")
-    rep.text(f"`python -m experiments.{self.name} --workdir=... --mode={self.mode}` "
-             f"({dataset_note}). Training wall time recorded in the runs: "
-             f"{self.wall_seconds():.0f} s over {len(self.phases)} sweep phase(s). "
+    dataset = f" --dataset={FLAGS.dataset}" if FLAGS.is_parsed() and FLAGS.dataset else ""
+    rep.text(f"`python -m experiments.{self.name} --workdir=... --mode={self.mode}{dataset}` "
+             f"({dataset_note}). The longest sweep program ran "
+             f"{self.wall_seconds():.0f} s (wall time recorded in the runs, "
+             f"{len(self.phases)} sweep phase(s)). "
              "Hyperparameters are chosen on the validation split carved from train; "
              "test numbers are only reported.")
     env = report.environment()
