@@ -366,7 +366,7 @@ def load(config: ml_collections.ConfigDict):
   if is_user(config):
     user = user_lib.load(config)
     splits = _with_test(config, dict(user.splits))
-    kind = "uint8 images" if user.shape and splits["train"][0].dtype == np.uint8 else "float32"
+    kind = "uint8 images" if splits["train"][0].dtype == np.uint8 else "float32"
     return _finish_memory(config, name, splits, user.class_names,
                           f"your loader: {kind} {list(user.shape)}",
                           subset_done=False, resized=False)

@@ -123,13 +123,16 @@ def _first_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
+def _takes_config(loader: Callable) -> bool:
+  try:
+    return bool(inspect.signature(loader).parameters)
+  except (TypeError, ValueError):  # A builtin without a signature: call it bare.
+    return False
+
+
 def _call(name: str, loader: Callable, config: ml_collections.ConfigDict):
   try:
-    takes_config = bool(inspect.signature(loader).parameters)
-  except (TypeError, ValueError):
-    takes_config = False
-  try:
-    return loader(config) if takes_config else loader()
+    return loader(config) if _takes_config(loader) else loader()
   except (ConfigError, DataError):
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -205,11 +208,7 @@ def _check(name: str, out) -> UserData:
 
 
 def _key(name: str, loader: Callable, config: ml_collections.ConfigDict) -> str:
-  try:
-    takes_config = bool(inspect.signature(loader).parameters)
-  except (TypeError, ValueError):
-    takes_config = False
-  if not takes_config:
+  if not _takes_config(loader):
     return name
   return name + "\0" + json.dumps(config.to_dict(), sort_keys=True, default=str)
 
