@@ -8,6 +8,8 @@ every eval scores the training subset itself with dropout off (split
 train_eval), which is the train side of the train-test gap.
 """
 
+import math
+
 import ml_collections
 import numpy as np
 
@@ -24,6 +26,10 @@ def get_config(mode: str):
   train.model.activation = "relu"
   train.optimizer.name = "adam"
   train.optimizer.learning_rate = 1e-3
+  # Cosine to zero: with a constant rate the dropout nets' test accuracy still
+  # swings by +-1% between evals at the end (their noisy updates never settle),
+  # which buried their gain in seed noise (0.8325 vs 0.8317 in the first round).
+  train.optimizer.schedule = "cosine"
   train.batch_size = 100 if mode != "smoke" else 50
   train.dataset.num_train_examples = {"smoke": 500, "quick": 2000, "full": 5000}[mode]
   train.eval_train_examples = train.dataset.num_train_examples
@@ -57,14 +63,18 @@ def analyze(exp: common.Experiment):
   groups = report.group_by(rows, "model.dropout_rate", "model.input_dropout_rate")
   stats = []
   for (hidden, inp), group in sorted(groups.items()):
-    fin = {split: report.final_rows(group, split) for split in ("train_eval", "test")}
+    fin = {split: report.final_rows(group, split)
+           for split in ("train_eval", "validation", "test")}
     # A run that diverged before its first eval has no rows to score.
-    ids = sorted({r["run_id"] for r in group} & set(fin["train_eval"]) & set(fin["test"]))
+    ids = sorted({r["run_id"] for r in group} & set(fin["train_eval"]) & set(fin["test"])
+                 & set(fin["validation"]))
     gap = [fin["train_eval"][i]["accuracy"] - fin["test"][i]["accuracy"] for i in ids]
     stats.append({
         "label": _label(hidden, inp), "ids": ids, "rows": group,
         "train_acc": report.mean_std(fin["train_eval"][i]["accuracy"] for i in ids),
+        "val_acc": report.mean_std(fin["validation"][i]["accuracy"] for i in ids),
         "test_acc": report.mean_std(fin["test"][i]["accuracy"] for i in ids),
+        "test_accs": [fin["test"][i]["accuracy"] for i in ids],
         "gap": report.mean_std(gap),
         "train_loss": report.mean_std(fin["train_eval"][i]["loss"] for i in ids),
         "loss_gap": report.mean_std(fin["test"][i]["loss"] - fin["train_eval"][i]["loss"]
@@ -93,9 +103,16 @@ def analyze(exp: common.Experiment):
   axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   report.save(fig, exp.path("train_vs_test.png"))
 
-  headers = ["dropout", "train accuracy", "test accuracy", "accuracy gap", "final test loss",
+  base = stats[0]
+  for st in stats:
+    st["t"] = report.welch_t(base["test_accs"], st["test_accs"])
+  headers = ["dropout", "train accuracy", "validation accuracy", "test accuracy",
+             "test accuracy vs none (t)", "accuracy gap", "final test loss",
              "loss gap (test - train)", "best test loss"]
-  table = [[s["label"], report.pm(*s["train_acc"]), report.pm(*s["test_acc"]),
+  table = [[s["label"], report.pm(*s["train_acc"]), report.pm(*s["val_acc"]),
+            report.pm(*s["test_acc"]),
+            "-" if s is base else f"{s['test_acc'][0] - base['test_acc'][0]:+.4f} "
+                                  f"({report.fmt(s['t'], 2)})",
             report.pm(*s["gap"]), report.pm(*s["test_loss"]), report.pm(*s["loss_gap"]),
             report.pm(*s["best_test_loss"])] for s in stats]
   summary = report.Report("Dropout: overfitting and its fix (summary)")
@@ -105,11 +122,13 @@ def analyze(exp: common.Experiment):
   train_config = exp.config.train
   rep = report.Report("Dropout: overfitting and its fix")
   rep.text(f"An MLP {tuple(train_config.model.hidden_sizes)} (ReLU, Adam "
-           f"{train_config.optimizer.learning_rate:g}) trained for {train_config.num_epochs} "
+           f"{train_config.optimizer.learning_rate:g}, {train_config.optimizer.schedule} "
+           f"schedule) trained for {train_config.num_epochs} "
            f"epochs on {train_config.dataset.num_train_examples} training examples, with "
            f"{len(exp.config.seeds)} seed(s) per dropout setting. 'train' is the training "
            "subset scored with dropout off; the gap is train accuracy minus test accuracy "
-           "at the end of training.")
+           "at the end of training. t is the test-accuracy difference from no dropout in "
+           "standard errors (Welch, over seeds); the best setting is chosen on validation.")
   exp.what_was_run(rep, common.dataset_note(train_config))
   rep.heading("Result")
   rep.image("train_vs_test.png", "Train (dashed) and test (solid) loss and accuracy per "
@@ -122,7 +141,7 @@ def _reading(stats) -> str:
   base, rest = stats[0], stats[1:]
   if not rest:
     return "Only one dropout setting was run; there is nothing to compare."
-  best = max(rest, key=lambda s: s["test_acc"][0])
+  best = max(rest, key=lambda s: s["val_acc"][0])  # Chosen on validation, never on test.
   narrowest = min(rest, key=lambda s: s["loss_gap"][0])
   text = [f"Without dropout the network fits its training subset to "
           f"{report.fmt(base['train_acc'][0])} accuracy while test accuracy is "
@@ -136,18 +155,21 @@ def _reading(stats) -> str:
               f"dropout and {report.fmt(narrowest['loss_gap'][0])} with {narrowest['label']}"
               + (", narrower." if narrows else ", not narrower."))
   diff = best["test_acc"][0] - base["test_acc"][0]
-  noise = max(best["test_acc"][1], base["test_acc"][1])
-  improves = diff > noise
-  text.append(f"The best test accuracy with dropout, {report.pm(*best['test_acc'])} "
-              f"({best['label']}; test error {100 * (1 - best['test_acc'][0]):.2f}% vs "
-              f"{100 * (1 - base['test_acc'][0]):.2f}% without), is "
-              + ("better by more than the seed-to-seed std." if improves else
-                 "not better by more than the seed-to-seed std."))
+  improves = best["t"] >= 2
+  text.append(f"The dropout setting best on validation, {best['label']}, ends at test accuracy "
+              f"{report.pm(*best['test_acc'])} against {report.pm(*base['test_acc'])} without "
+              f"(test error {100 * (1 - best['test_acc'][0]):.2f}% vs "
+              f"{100 * (1 - base['test_acc'][0]):.2f}%): {diff:+.4f}, "
+              + ("one seed each, so not weighed against seed noise." if math.isnan(best["t"])
+                 else f"{report.fmt(best['t'], 2)} standard errors, ")
+              + ("" if math.isnan(best["t"]) else "beyond seed noise (2 or more)." if improves else
+                 "not beyond seed noise (under 2): on this data and budget dropout does not "
+                 "measurably raise test accuracy."))
   text.append("Srivastava et al. (2014), Table 2, report 1.60% test error for a standard "
               "MNIST net and 1.25% with dropout (ReLU): dropout narrows the gap and lowers "
               "test error. This run " + (
                   "agrees on both counts" if narrows and improves else
-                  "agrees that the gap narrows, but its test-error gain is within noise"
+                  "agrees that the gap narrows, but not that test error falls beyond seed noise"
                   if narrows else "does not reproduce the narrowing gap")
               + " (on a different dataset and a small subset, so only the direction is "
               "comparable, not the numbers).")

@@ -89,6 +89,20 @@ def mean_std(values: Iterable[float]) -> Tuple[float, float]:
   return float(np.mean(values)), float(np.std(values))
 
 
+def welch_t(a: Sequence[float], b: Sequence[float]) -> float:
+  """(mean(b) - mean(a)) in standard errors of that difference (Welch's t,
+  sample variances): about 2 or more is a difference beyond seed noise. NaN
+  with fewer than two values a side; inf when both sides have no spread."""
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  if len(a) < 2 or len(b) < 2:
+    return math.nan
+  diff = b.mean() - a.mean()
+  se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+  if se == 0:
+    return math.copysign(math.inf, diff) if diff else 0.0
+  return float(diff / se)
+
+
 def fmt(value, digits: int = 4) -> str:
   if isinstance(value, float):
     if math.isnan(value):
