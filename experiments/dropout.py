@@ -156,15 +156,17 @@ def _reading(stats) -> str:
               + (", narrower." if narrows else ", not narrower."))
   diff = best["test_acc"][0] - base["test_acc"][0]
   improves = best["t"] >= 2
+  if math.isnan(best["t"]):
+    verdict = "one seed each, so not weighed against seed noise."
+  elif improves:
+    verdict = f"{report.fmt(best['t'], 2)} standard errors, beyond seed noise (2 or more)."
+  else:
+    verdict = (f"{report.fmt(best['t'], 2)} standard errors, not beyond seed noise (under "
+               "2): on this data and budget dropout does not measurably raise test accuracy.")
   text.append(f"The dropout setting best on validation, {best['label']}, ends at test accuracy "
               f"{report.pm(*best['test_acc'])} against {report.pm(*base['test_acc'])} without "
               f"(test error {100 * (1 - best['test_acc'][0]):.2f}% vs "
-              f"{100 * (1 - base['test_acc'][0]):.2f}%): {diff:+.4f}, "
-              + ("one seed each, so not weighed against seed noise." if math.isnan(best["t"])
-                 else f"{report.fmt(best['t'], 2)} standard errors, ")
-              + ("" if math.isnan(best["t"]) else "beyond seed noise (2 or more)." if improves else
-                 "not beyond seed noise (under 2): on this data and budget dropout does not "
-                 "measurably raise test accuracy."))
+              f"{100 * (1 - base['test_acc'][0]):.2f}%): {diff:+.4f}, {verdict}")
   text.append("Srivastava et al. (2014), Table 2, report 1.60% test error for a standard "
               "MNIST net and 1.25% with dropout (ReLU): dropout narrows the gap and lowers "
               "test error. This run " + (
