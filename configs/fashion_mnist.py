@@ -6,8 +6,13 @@ files in --config.dataset.idx_dir. 10% of train is held out as validation.
 
     python -m vgg_jax.main --config=configs/fashion_mnist.py --workdir=/tmp/vgg_jax/fmnist
 
-Variants: `:vgg` trains the narrow VGG16 at 32x32 instead;
+Variants: `:vgg` trains the narrow VGG16 at 32x32 instead; `:vgg_bn` is
+VGG16 at 1/4 width with BatchNorm, flips and crops, Nesterov momentum with
+warmup, cosine decay and weight decay, 30 epochs (about 12 minutes on 2 CPU
+cores; the README quotes its accuracy over 3 seeds);
 `:binary` is sneaker vs ankle boot with the sigmoid head.
+
+    python -m vgg_jax.main --config=configs/fashion_mnist.py:vgg_bn --workdir=/tmp/vgg_jax/fmnist_vgg
 """
 
 from vgg_jax.config_lib import base_config
@@ -36,10 +41,28 @@ def get_config(arg=None):
     config.model.kernel_init = "he_normal"
     config.dataset.crop_padding = 2
     config.num_epochs = 10
+  elif arg == "vgg_bn":
+    config.dataset.image_size = 32
+    config.dataset.crop_padding = 2
+    config.dataset.flip = True
+    config.model.name = "vgg16"
+    config.model.width_multiplier = 0.25
+    config.model.batch_norm = True
+    config.model.classifier_sizes = (256,)
+    config.model.dropout_rate = 0.3
+    config.model.kernel_init = "he_normal"
+    config.optimizer.name = "nesterov"
+    config.optimizer.learning_rate = 0.05
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.schedule = "warmup_cosine"
+    config.optimizer.warmup_steps = 842  # Two epochs of 421 steps.
+    config.num_epochs = 30
+    config.test_every_eval = False  # Choices read validation; test is scored once, at the end.
+    config.checkpoint_every_steps = 4210
   elif arg == "binary":
     config.dataset.classes = ("sneaker", "ankle_boot")
     config.head = "binary"
     config.num_epochs = 5
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use vgg or binary")
+    raise ValueError(f"unknown variant {arg!r}; use vgg, vgg_bn or binary")
   return config
