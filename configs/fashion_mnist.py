@@ -32,25 +32,21 @@ def get_config(arg=None):
   config.num_epochs = 15
   config.log_every_steps = 200
   config.checkpoint_every_steps = 2000
-  if arg == "vgg":
+  if arg in ("vgg", "vgg_bn"):  # The VGG16 layout at 32x32 with crops.
     config.dataset.image_size = 32
+    config.dataset.crop_padding = 2
     config.model.name = "vgg16"
+    config.model.kernel_init = "he_normal"
+    config.model.dropout_rate = 0.3
+  if arg == "vgg":
     config.model.width_multiplier = 0.125
     config.model.classifier_sizes = (128,)
-    config.model.dropout_rate = 0.3
-    config.model.kernel_init = "he_normal"
-    config.dataset.crop_padding = 2
     config.num_epochs = 10
   elif arg == "vgg_bn":
-    config.dataset.image_size = 32
-    config.dataset.crop_padding = 2
     config.dataset.flip = True
-    config.model.name = "vgg16"
     config.model.width_multiplier = 0.25
     config.model.batch_norm = True
     config.model.classifier_sizes = (256,)
-    config.model.dropout_rate = 0.3
-    config.model.kernel_init = "he_normal"
     config.optimizer.name = "nesterov"
     config.optimizer.learning_rate = 0.05
     config.optimizer.weight_decay = 5e-4
