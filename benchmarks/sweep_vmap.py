@@ -11,7 +11,10 @@ in one run:
    PyTorch eager runs one after another (skipped with a note without torch);
 2. one program vs one by one across widths (8 seeds, one epoch), with what
    the automatic choice picks;
-3. the jit data-parallel step over 1, 2, 4 and 8 forced host devices (on
+3. the whole 8-LR sweep's wall time, compiles included, one model at a
+   time with vgg_jax.compile_cache off and on, next to the one program
+   (each in a fresh process, as a user runs it);
+4. the jit data-parallel step over 1, 2, 4 and 8 forced host devices (on
    one CPU this shows overhead, not speed-up).
 
     python benchmarks/sweep_vmap.py [--examples 60000] [--k 8] [--epochs 2]
@@ -133,6 +136,36 @@ def vmap_table(args):
   print("goals: 784-32-32-10 >= 3x; 784-1024-1024-10 never below 1.0x with the auto choice")
 
 
+def wall_table(args):
+  print(f"\nThe {args.k}-LR sweep above, whole wall time in a fresh process (data, compiles, "
+        "evals, checkpoints and training)")
+  print(f"{'how':<40}{'wall s':>9}")
+  cases = [("one by one, compile cache off", "1", "0"), ("one by one, compile cache on", "1", ""),
+           ("one program (vmap), compile cache on", "-1", "")]
+  for name, vmap_size, cache in cases:
+    env = dict(os.environ, VGG_JAX_COMPILATION_CACHE=cache)
+    out = subprocess.run([sys.executable, __file__, "--wall_child", vmap_size,
+                          "--examples", str(args.examples), "--k", str(args.k),
+                          "--epochs", str(args.epochs)], env=env, capture_output=True,
+                         text=True, cwd=ROOT)
+    print(f"{name:<40}{out.stdout.strip() or out.stderr.strip()[-200:]:>9}")
+
+
+def wall_child(args):
+  import logging  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  from vgg_jax import compile_cache, sweep  # pylint: disable=g-import-not-at-top
+  compile_cache.enable()
+  logging.getLogger("vgg_jax").setLevel(logging.WARNING)
+  config = _config((32, 32), args.examples, args.epochs)
+  config.sweep = sweep.to_config(sweep.axis("optimizer.learning_rate",
+                                            [0.001 * 2**i for i in range(args.k)]))
+  config.sweep_vmap_size = args.wall_child
+  with tempfile.TemporaryDirectory() as d:
+    sweep.run_sweep(config, d)
+  print(f"{time.perf_counter() - start:.2f}")
+
+
 def scaling_table(args):
   print("\njit data-parallel step over forced host devices (MLP 784-256-256-10, batch 128; "
         "all devices share the same 2 cores)")
@@ -177,12 +210,17 @@ def main():
   parser.add_argument("--k", type=int, default=8)
   parser.add_argument("--epochs", type=int, default=2, help="epochs per model in the sweep table")
   parser.add_argument("--scaling_child", type=int, default=0, help=argparse.SUPPRESS)
+  parser.add_argument("--wall_child", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.scaling_child:
     scaling_child(args.scaling_child)
     return
+  if args.wall_child:
+    wall_child(args)
+    return
   sweep_table(args)
   vmap_table(args)
+  wall_table(args)
   scaling_table(args)
 
 

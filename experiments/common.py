@@ -162,7 +162,8 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
     exp = Experiment(name, FLAGS.workdir, FLAGS.mode, config)
     start = time.time()
     try:
-      from vgg_jax import config_validation  # pylint: disable=g-import-not-at-top
+      from vgg_jax import compile_cache, config_validation  # pylint: disable=g-import-not-at-top
+      compile_cache.enable()  # The experiment's runs share their programs' compiles.
       if prepare is not None:
         prepare(config)
       for value in train_configs(config):  # Before anything runs.

@@ -51,7 +51,8 @@ def main(argv):
   config = cli.load_config_flag()
   try:
     config_validation.validate(config)
-    from vgg_jax import parallel, sweep, training  # pylint: disable=g-import-not-at-top
+    from vgg_jax import compile_cache, parallel, sweep, training  # pylint: disable=g-import-not-at-top
+    compile_cache.enable()  # A sweep's runs (and evals) compile each program once.
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, auto=FLAGS.multihost,
                                     peer_timeout_s=FLAGS.peer_timeout)
