@@ -88,6 +88,17 @@ def test_epoch_order_is_a_seeded_permutation():
   assert not np.array_equal(a, pipeline.epoch_permutation(8, 3, 50))
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 50, 1797, 60000])
+def test_epoch_order_is_jax_random_permutation_element_for_element(n):
+  # The NumPy sorts reproduce JAX's own shuffle, so data orders (and every
+  # run's results) are what jax.random.permutation gives; one sort round up
+  # to 1,625 examples, two from 1,626.
+  for seed, epoch in [(0, 0), (3, 7), (12345, 1)]:
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+    np.testing.assert_array_equal(pipeline.epoch_permutation(seed, epoch, n),
+                                  np.asarray(jax.random.permutation(key, n)))
+
+
 def test_eval_counts_each_example_once_with_padding():
   images = np.zeros((10, 1, 1, 1), np.uint8)
   labels = np.arange(10, dtype=np.int32)

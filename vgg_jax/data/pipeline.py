@@ -1,12 +1,13 @@
 """The device side of the data: normalization, augmentation, in-memory batching.
 
 In-memory pipeline: every split sits on the device as uint8. Each epoch's
-order is a permutation keyed on (seed, epoch), computed on the device; the
+order is a permutation keyed on (seed, epoch) (jax.random.permutation's); the
 train step gathers its batch by index, augments it with a per-step key and
 normalizes it, all inside jit, so an epoch can run as one lax.scan with no
 Python per step. A run restarted at step s replays the same batches.
 """
 
+import functools
 from typing import Iterator, Sequence, Tuple
 
 import jax
@@ -41,18 +42,38 @@ def random_crop_flip(images, key, padding: int, flip: bool):
   return images
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The data order of `epoch`: jax.random.permutation(fold_in(PRNGKey(seed),
+  epoch), n), element for element.
+
+  JAX permutes by rounds of a stable sort on fresh 32-bit random keys
+  (jax._src.random.core._shuffle). The keys come from JAX here too; the
+  sorts run in NumPy: 1.2 ms for 60,000 examples, where jax.random.permutation
+  took 20 ms on XLA:CPU. A new epoch's order is computed on the training clock
+  (a 784-32-32-10 MLP's whole epoch is 70 ms; a sweep of 8 seeds needs 8
+  orders an epoch). tests/test_train.py checks the result against
+  jax.random.permutation.
+  """
   key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
-  return _permutation(key, n)
+  rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+  order, index = np.arange(n, dtype=np.int32), np.arange(n, dtype=np.uint64)
+  for sort_keys in np.asarray(_sort_keys(key, n, rounds)):
+    # A stable sort by key is a sort by (key, position): one uint64 each,
+    # all distinct, so NumPy's unstable sort of them (6x its stable argsort
+    # of the keys) gives the same order; the low 32 bits are the positions.
+    by_key = np.sort((sort_keys.astype(np.uint64) << np.uint64(32)) | index)
+    order = order[(by_key & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+  return order
 
 
-@jax.jit
-def _permutation_impl(key, x):
-  return jax.random.permutation(key, x)
-
-
-def _permutation(key, n):
-  return _permutation_impl(key, jnp.arange(n, dtype=jnp.int32))
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _sort_keys(key, n: int, rounds: int):
+  """[rounds, n] uint32: the keys of jax.random.permutation's sort rounds."""
+  keys = []
+  for _ in range(rounds):
+    key, subkey = jax.random.split(key)
+    keys.append(jax.random.bits(subkey, (n,), jnp.uint32))
+  return jnp.stack(keys) if keys else jnp.zeros((0, n), jnp.uint32)
 
 
 def gather_batch(images, labels, order, index, batch_size: int, sharding=None):
