@@ -227,6 +227,11 @@ def _after_chunk(setup: Setup, state, step, new_step, rows, outputs, progress, m
   if save_now:
     checkpoint.save(manager, new_step, state, outputs.snapshot(rows, progress))
     faults.maybe_kill("checkpoint", new_step)
+    if jax.default_backend() == "cpu":
+      # The save's threads (about 40 ms of CPU whatever the model's size)
+      # would share the cores with the next chunk and slow it down; on an
+      # accelerator they overlap training for free.
+      manager.wait_until_finished()
   if evaluate_now or save_now:
     progress.mark(new_step)  # Eval and checkpoint time are not training time.
   return False
