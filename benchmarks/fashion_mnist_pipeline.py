@@ -2,7 +2,8 @@
 
 MLP 784-256-256-10, batch 128, SGD + momentum 0.9, float32. Prints, in one
 run, the epoch time and examples/s of
-  - vgg_jax, epoch as one lax.scan (batches gathered on the device),
+  - vgg_jax, epoch as one lax.scan (batches gathered on the device; the
+    epoch's order drawn on the clock, as the engine does),
   - vgg_jax, per-step Python loop over the same compiled step,
   - an equivalent PyTorch eager loop (optional: pip install torch),
   - the step's matmuls alone at the same shapes, one epoch of them in one
@@ -59,8 +60,9 @@ def vgg_jax_runner(dataset, scan: bool):
   holder = {"state": state, "epoch": 0}
 
   def run_epoch():
-    state, order = holder["state"], pipe.order(holder["epoch"])
+    state = holder["state"]
     start = time.perf_counter()
+    order = pipe.order(holder["epoch"])  # On the clock: the engine draws it every epoch.
     if scan:
       state, m = chunk(state, images, labels, order, 0, length=spe)
     else:
