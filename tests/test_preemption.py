@@ -6,11 +6,13 @@ mid-eval (between two eval splits) and mid-checkpoint (while orbax writes in
 the background), so each test knows where the signal landed.
 """
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -54,12 +56,15 @@ def test_signal_checkpoints_exits_75_and_resumes_bit_for_bit(sig, point, memory_
 
 
 def test_a_second_signal_does_not_stop_the_save_and_a_third_stops_at_once():
+  # To this thread: os.kill may land on any of the process's threads (XLA's,
+  # say), and Python would then run the handler a few bytecodes later.
+  send = functools.partial(signal.pthread_kill, threading.get_ident())
   with preemption.guard() as g:
-    os.kill(os.getpid(), signal.SIGTERM)
-    os.kill(os.getpid(), signal.SIGINT)
+    send(signal.SIGTERM)
+    send(signal.SIGINT)
     assert g.requested and g.signal_name == "SIGTERM" and g.count == 2
     with pytest.raises(KeyboardInterrupt):  # The third: Python's own SIGINT handler.
-      os.kill(os.getpid(), signal.SIGINT)
+      send(signal.SIGINT)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
