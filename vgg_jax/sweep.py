@@ -44,10 +44,12 @@ from vgg_jax.training.program import INJECTED_KEYS
 logger = logging.getLogger(__name__)
 
 # Past this many FLOPs per model step, CPU runs the models one by one (vmap_size):
-# between the MLPs 784-32-32-10 (20 MFLOP, vmap 1.28x faster) and 784-128-128-10
-# (90 MFLOP, 0.98x) in benchmarks/sweep_vmap.py, now that a program of one is the
-# plain single-run program.
-CPU_VMAP_MAX_FLOPS = 5e7
+# 8 seeds of MLPs 784-64-64-10 (42 MFLOP), 784-128-128-10 (91), 784-192-192-10
+# (145) and 784-256-256-10 (206) trained 1.52x, 1.36x, 1.08x and 1.01x faster
+# vmapped (benchmarks/sweep_vmap.py's engine clock, best of 3). It was 5e7 while
+# a run's checkpoint saves and epoch orders, which one-by-one runs pay per
+# model, slowed the next chunk more than they do now.
+CPU_VMAP_MAX_FLOPS = 1.2e8
 # Values the members of one program may differ in (the rest changes the program).
 VMAPPED = INJECTED_KEYS
 RESULTS_FILE = "results.csv"
@@ -213,10 +215,11 @@ def vmap_size(config, info, num_members: int, num_train: int = 0) -> int:
   """How many models share one program.
 
   On accelerators vmap always pays. On CPU, benchmarks/sweep_vmap.py (K=8,
-  batch 128, by the engine's train clock) found vmap 1.28x faster than one
-  model at a time for an MLP 784-32-32-10 and 0.84x-0.98x for 784-128-128-10
-  up to 784-1024-1024-10: once a program of one is the plain (unvmapped)
-  single-run program, XLA:CPU's batched matmuls only pay for small models.
+  batch 128, by the engine's train clock) found vmap 1.36x-1.8x faster than
+  one model at a time for MLPs up to 784-128-128-10 and 0.9x-1.08x from
+  784-192-192-10 up to 784-1024-1024-10: once a program of one is the plain
+  (unvmapped) single-run program, XLA:CPU's batched matmuls only pay for
+  small models.
   So CPU vmaps models up to CPU_VMAP_MAX_FLOPS per step and runs bigger ones
   one by one (which also keeps K stacked copies of a big model out of memory).
   The pmap form and the streaming pipeline train one model per program.
