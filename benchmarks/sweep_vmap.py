@@ -47,6 +47,11 @@ def _config(hidden, examples, epochs=1):
   return config
 
 
+def learning_rates(k: int):
+  """The sweep table's and the wall table's k learning rates."""
+  return [0.001 * 2**i for i in range(k)]
+
+
 def train_seconds(config, axis, vmap_size: int, workdir: str) -> float:
   """Seconds to train the sweep `axis` through the sweep engine, vmap_size
   models per program (-1: the automatic choice): the sum over programs of
@@ -93,7 +98,7 @@ def sweep_table(args):
   hidden, k = (32, 32), args.k
   config = _config(hidden, args.examples, args.epochs)
   dataset = data.load(config.dataset)
-  rates = [0.001 * 2**i for i in range(k)]
+  rates = learning_rates(k)
   cases = {f"{k} LRs, one seed": (sweep.axis("optimizer.learning_rate", rates), rates, [0] * k),
            f"{k} seeds, one LR": (sweep.axis("seed", list(range(k))), [0.01] * k, list(range(k)))}
   print(f"{k} MLPs 784-{'-'.join(map(str, hidden))}-10, {args.epochs} epochs of {args.examples} "
@@ -165,7 +170,7 @@ def wall_child(args):
   logging.getLogger("vgg_jax").setLevel(logging.WARNING)
   config = _config((32, 32), args.examples, args.epochs)
   config.sweep = sweep.to_config(sweep.axis("optimizer.learning_rate",
-                                            [0.001 * 2**i for i in range(args.k)]))
+                                            learning_rates(args.k)))
   config.sweep_vmap_size = args.wall_child
   with tempfile.TemporaryDirectory() as d:
     sweep.run_sweep(config, d)
