@@ -1,9 +1,10 @@
 """The one place TensorFlow is imported: lazily, quietly, and off the GPUs.
 
-TF serves only data reading and TensorBoard files here; JAX owns the
-accelerators, so TF must never allocate GPU memory. oneDNN is turned off
-because it only speeds TF's own math (unused here) and announces itself on
-stderr, which would break our one-line error messages.
+TF serves only TFDS data reading here (TensorBoard files are written without
+it: vgg_jax/metrics.py). JAX owns the accelerators, so TF must never allocate
+GPU memory. oneDNN is turned off because it only speeds TF's own math (unused
+here) and announces itself on stderr, which would break our one-line error
+messages.
 """
 
 import os
