@@ -1,253 +1,237 @@
-"""Fault injection: kills at random points resume exactly, NaNs are contained,
-bad files and foreign workdirs are refused.
+"""Resume: a run or a sweep stopped anywhere, or whose files were damaged,
+ends with exactly the numbers of an uninterrupted one.
 
-Kills use VGG_JAX_KILL_AT (vgg_jax/faults.py): SIGKILL at a named point of
-the training loop, so the test knows it hit a step, an eval or a checkpoint
-write rather than racing a timer.
+Stops come from VGG_JAX_KILL_AT (vgg_jax/faults.py): a signal at a named point
+of the training loop (mid-step, mid-eval, mid-checkpoint while orbax writes in
+the background, after a sweep's eval), so each test knows where it landed.
+SIGKILL leaves no chance to clean up; SIGTERM and SIGINT are a scheduler's
+preemption: a checkpoint at the step it stopped at, exit 75.
 """
 
-import csv
-import json
 import os
 import random
-import re
 import signal
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, tiny_config, write_idx_dir, write_sweep_config
-from vgg_jax import config_lib, data, metrics, train
-from vgg_jax.errors import DataError, DivergedError
-
-DEFAULT = "--config=configs/default.py"
+from conftest import (DEFAULT, DEFAULT_LONGER, MEMORY_ARGS, built_once, in_a_mount_namespace,
+                      messages, read_csv, rows, run_cli, status, sweep_rows, write_sweep_config)
+from vgg_jax import preemption
 
 
-def _env(**extra):
-  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-  env.pop("XLA_FLAGS", None)
-  env.update(extra)
-  return env
+def stop(args, workdir, point, sig):
+  """Runs `args` until `point`, where it gets SIG<sig>; checks how it stopped."""
+  stopped = run_cli(args, workdir, kill_at=point, signal=sig, timeout=300)
+  if sig == "KILL":
+    assert stopped.returncode == -signal.SIGKILL, (point, stopped.returncode,
+                                                   stopped.stderr[-2000:])
+    if os.path.exists(os.path.join(workdir, "status.json")):
+      assert status(workdir)["status"] == "running"
+  else:
+    assert stopped.returncode == preemption.EXIT_CODE, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    assert status(workdir)["status"] == "preempted"
+  return stopped
 
 
-def _killed_then_rerun(args, workdir, kill_at):
-  """Runs until VGG_JAX_KILL_AT fires (SIGKILL), then reruns the same command."""
-  cmd = [sys.executable, "-m", "vgg_jax.main", *args, f"--workdir={workdir}"]
-  killed = subprocess.run(cmd, cwd=REPO, env=_env(VGG_JAX_KILL_AT=kill_at),
-                          capture_output=True, text=True, timeout=300)
-  assert killed.returncode == -signal.SIGKILL, (kill_at, killed.returncode, killed.stderr[-2000:])
-  status = os.path.join(workdir, metrics.STATUS_FILE)
-  if os.path.exists(status):  # Sweeps keep their state in results.csv instead.
-    with open(status) as f:
-      assert json.load(f)["status"] == "running"
-  rerun = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  return rerun
+def rerun(args, workdir):
+  proc = run_cli(args, workdir, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
 
 
-def _rows(workdir):
-  return [{k: v for k, v in r.items() if k != "steps_per_sec"}
-          for r in metrics.read_metrics(str(workdir))]
+# ---------------------------------------------------------- single runs
 
 
-def _status(workdir):
-  with open(os.path.join(workdir, metrics.STATUS_FILE)) as f:
-    return json.load(f)
-
-
-# ------------------------------------------------- in-memory pipeline kills
-
-MEMORY_ARGS = [DEFAULT, "--config.dataset.name=synthetic",
-               "--config.dataset.synthetic.num_train=512",
-               "--config.dataset.synthetic.image_shape=(8,8,1)",
-               "--config.model.hidden_sizes=(64,)", "--config.model.dropout_rate=0.1",
-               "--config.optimizer.schedule=cosine", "--config.batch_size=16",
-               "--config.num_train_steps=192", "--config.log_every_steps=16",
-               "--config.eval_every_steps=64", "--config.checkpoint_every_steps=32",
-               "--config.scan_epoch=False"]
-# Kill points drawn once from a fixed seed: every kind of point, spread over the run.
+# SIGKILL points drawn once from a fixed seed: every kind of point, spread
+# over the 192 steps; the graceful signals at one point of each kind.
 _rng = random.Random(8)
-MEMORY_KILLS = ([f"step:{_rng.randrange(1, 192)}" for _ in range(3)]
-                + [f"eval:{_rng.choice([64, 128])}" for _ in range(1)]
-                + [f"checkpoint:{_rng.choice([32, 64, 96, 128, 160])}" for _ in range(2)])
+STOPS = ([("KILL", f"step:{_rng.randrange(1, 192)}") for _ in range(3)]
+         + [("KILL", f"eval:{_rng.choice([64, 128])}")]
+         + [("KILL", f"checkpoint:{_rng.choice([32, 64, 96, 128, 160])}") for _ in range(2)]
+         + [(sig, point) for sig in ("TERM", "INT")
+            for point in ("step:40", "eval:64", "checkpoint:96")])
 
 
-@pytest.fixture(scope="module")
-def memory_reference(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("reference")
-  proc = run_cli(MEMORY_ARGS, workdir=workdir)
-  assert proc.returncode == 0, proc.stderr
-  return _rows(workdir), _status(workdir)
-
-
-@pytest.mark.parametrize("kill_at", MEMORY_KILLS)
-def test_kill_anywhere_resumes_bit_for_bit(kill_at, memory_reference, tmp_path):
-  rows, status = memory_reference
-  _killed_then_rerun(MEMORY_ARGS, tmp_path, kill_at)
-  got = _rows(tmp_path)
+@pytest.mark.parametrize("sig,point", STOPS, ids=[f"{s}-{p}" for s, p in STOPS])
+def test_a_run_stopped_anywhere_resumes_bit_for_bit(sig, point, memory_reference, tmp_path):
+  expected_rows, expected_status = memory_reference
+  stopped = stop(MEMORY_ARGS, tmp_path, point, sig)
+  if sig != "KILL":  # One line saying where it stopped; the checkpoint is at that step.
+    last = stopped.stderr.strip().splitlines()[-1]
+    at = status(tmp_path)
+    assert last.startswith(f"vgg_jax: stopped by SIG{sig} at step {at['step']};"), last
+    assert str(at["step"]) in os.listdir(tmp_path / "checkpoints")
+  resumed = rerun(MEMORY_ARGS, tmp_path)
+  if sig != "KILL":
+    assert f"resumed from checkpoint at step {at['step']}" in resumed.stderr
+  got = rows(tmp_path)
   # No step missing or repeated; every metric and the final params identical.
-  assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in rows]
-  assert got == rows
-  final = _status(tmp_path)
-  assert final["status"] == "done" and final["params_sha256"] == status["params_sha256"]
+  assert [(r["step"], r["split"]) for r in got] == [
+      (r["step"], r["split"]) for r in expected_rows]
+  assert got == expected_rows
+  final = status(tmp_path)
+  assert final["status"] == "done" and final["params_sha256"] == expected_status["params_sha256"]
 
 
 def test_kill_with_scanned_epochs_resumes_bit_for_bit(tmp_path):
   args = [a for a in MEMORY_ARGS if "scan_epoch" not in a]  # Epoch-long scans.
-  ref = tmp_path / "ref"
-  assert run_cli(args, workdir=ref).returncode == 0
-  _killed_then_rerun(args, tmp_path / "killed", "step:100")
-  assert _rows(tmp_path / "killed") == _rows(ref)
-  assert _status(tmp_path / "killed")["params_sha256"] == _status(ref)["params_sha256"]
+  rerun(args, tmp_path / "ref")
+  stop(args, tmp_path / "killed", "step:100", "KILL")
+  rerun(args, tmp_path / "killed")
+  assert rows(tmp_path / "killed") == rows(tmp_path / "ref")
+  assert status(tmp_path / "killed")["params_sha256"] == status(tmp_path / "ref")["params_sha256"]
 
 
-# ------------------------------------------------- streaming pipeline kills
+def _streaming_args(data_dir):
+  return [DEFAULT, "--config.dataset.name=fashion_mnist", f"--config.dataset.data_dir={data_dir}",
+          "--config.dataset.download=False", "--config.dataset.pipeline=streaming",
+          "--config.dataset.shuffle_buffer=64", "--config.dataset.num_train_examples=256",
+          "--config.model.hidden_sizes=(32,)", "--config.batch_size=16",
+          "--config.num_train_steps=48", "--config.log_every_steps=8",
+          "--config.checkpoint_every_steps=16", "--config.eval_every_steps=24",
+          "--config.eval_batch_size=2500"]
 
 
-@pytest.mark.parametrize("kill_at", ["step:21", "checkpoint:32"])
-def test_streaming_kill_resumes_bit_for_bit(kill_at, prepared_fashion, tmp_path):
-  args = [DEFAULT, "--config.dataset.name=fashion_mnist",
-          f"--config.dataset.data_dir={prepared_fashion}", "--config.dataset.download=False",
-          "--config.dataset.pipeline=streaming", "--config.dataset.shuffle_buffer=64",
-          "--config.dataset.num_train_examples=256", "--config.model.hidden_sizes=(32,)",
-          "--config.batch_size=16", "--config.num_train_steps=48",
-          "--config.log_every_steps=8", "--config.checkpoint_every_steps=16",
-          "--config.eval_every_steps=24", "--config.eval_batch_size=2500"]
-  ref = tmp_path / "ref"
-  proc = run_cli(args, workdir=ref)
-  assert proc.returncode == 0, proc.stderr
-  _killed_then_rerun(args, tmp_path / "killed", kill_at)
-  assert _rows(tmp_path / "killed") == _rows(ref)
-  assert _status(tmp_path / "killed")["params_sha256"] == _status(ref)["params_sha256"]
+@pytest.fixture(scope="module")
+def streaming_reference(prepared_fashion, tmp_path_factory):
+  workdir = built_once(tmp_path_factory, "streaming_reference",
+                       lambda w: rerun(_streaming_args(prepared_fashion), w))
+  return rows(workdir), status(workdir)
 
 
-# ------------------------------------------------------------ sweep kills
+@pytest.mark.parametrize("point", ["step:21", "checkpoint:32"])
+def test_streaming_kill_resumes_bit_for_bit(point, prepared_fashion, streaming_reference,
+                                            tmp_path):
+  args = _streaming_args(prepared_fashion)
+  stop(args, tmp_path, point, "KILL")
+  rerun(args, tmp_path)
+  assert rows(tmp_path) == streaming_reference[0]
+  assert status(tmp_path)["params_sha256"] == streaming_reference[1]["params_sha256"]
 
 
-def test_sweep_kill_resumes_bit_for_bit(tmp_path):
-  """Killed mid-sweep: finished runs are kept, unfinished ones retrain from
-  scratch as the same vmap groups, so every final number is identical."""
-  config = write_sweep_config(
-      tmp_path / "sweep_config.py", "c.optimizer.name = 'sgd'", "c.batch_size = 32",
-      "c.num_epochs = 6",
-      "c.sweep = sweep.to_config(sweep.product(",
-      "    sweep.axis('model.hidden_sizes', [[16], [32]]),",
-      "    sweep.axis('optimizer.learning_rate', [0.1, 0.3])))")
-  args = [f"--config={config}"]
-  ref = tmp_path / "ref"
-  assert run_cli(args, workdir=ref).returncode == 0
-  # The first group's evals at epochs 1..5 are not final: the kill lands mid-group.
-  _killed_then_rerun(args, tmp_path / "killed", "sweep_eval:150")
-
-  assert sweep_results(tmp_path / "killed") == sweep_results(ref)
+# ---------------------------------------------------------------- sweeps
 
 
-def sweep_results(workdir):
-  """Every results.csv row of a sweep, in a canonical order, without timings."""
-  with open(workdir / "results.csv", newline="") as f:
-    rows = list(csv.DictReader(f))
-  return sorted((r["run_id"], r["step"], r["split"], r["loss"], r["accuracy"], r["status"])
-                for r in rows)
+@pytest.fixture(scope="module")
+def sweep_reference(tmp_path_factory):
+  """Two groups (the hidden size changes the program) of two vmapped rates,
+  with dropout; a checkpoint past each 50 steps (at epoch ends: 57, 114).
+  (the command line, the uninterrupted results)"""
+  def build(root):
+    write_sweep_config(
+        root / "sweep_config.py", "c.model.dropout_rate = 0.2", "c.optimizer.name = 'momentum'",
+        "c.batch_size = 32", "c.num_epochs = 4", "c.eval_every_steps = 40",
+        "c.checkpoint_every_steps = 50", "c.sweep = sweep.to_config(sweep.product(",
+        "    sweep.axis('model.hidden_sizes', [[16], [32]]),",
+        "    sweep.axis('optimizer.learning_rate', [0.03, 0.1])))")
+    rerun([f"--config={root / 'sweep_config.py'}"], root / "run")
+
+  root = built_once(tmp_path_factory, "sweep_reference", build)
+  return [f"--config={root / 'sweep_config.py'}"], sweep_rows(root / "run")
 
 
-# --------------------------------------------------------------- NaN runs
-
-
-def _nan_config():
-  """SGD whose rate jumps by 1e30 halfway: finite first, then non-finite."""
-  config = tiny_config()
-  config.optimizer.name = "sgd"
-  config.optimizer.learning_rate = 0.1
-  config.optimizer.schedule = "step"
-  config.optimizer.step_boundaries = (0.5,)
-  config.optimizer.step_factor = 1e30
-  config.num_epochs = 5  # 40 steps; the jump at step 20.
-  config.scan_epoch = False
-  return config
-
-
-def test_divergence_stops_names_step_and_layer_and_keeps_earlier_checkpoints(tmp_path):
-  with pytest.raises(DivergedError, match=r"diverged at step 2\d.*layer (hidden_0|output)"):
-    train.train_and_evaluate(_nan_config(), str(tmp_path))
-  status = _status(tmp_path)
-  assert status["status"] == "diverged" and 20 < status["step"] <= 40
-  assert status["layer"] in ("hidden_0", "output")
-  kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
-  assert kept and max(kept) < status["step"]  # Nothing saved from a non-finite state.
-  assert all(np.isfinite(r["loss"]) for r in metrics.read_metrics(str(tmp_path)))
-
-
-def test_divergence_inside_a_scanned_epoch_is_caught_at_its_end(tmp_path):
-  config = _nan_config()
-  config.scan_epoch = True
-  with pytest.raises(DivergedError, match="diverged at step 2"):
-    train.train_and_evaluate(config, str(tmp_path))
-  assert _status(tmp_path)["status"] == "diverged"
-
-
-NAN_ARGS = [DEFAULT, "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=0.1",
-            "--config.optimizer.schedule=step", "--config.optimizer.step_boundaries=(0.5,)",
-            "--config.optimizer.step_factor=1e30", "--config.num_train_steps=40",
-            "--config.model.hidden_sizes=(32,)"]
-
-
-def test_diverged_cli_run_exits_1_with_one_line(tmp_path):
-  proc = run_cli(NAN_ARGS, workdir=tmp_path)
-  assert proc.returncode == 1
-  assert len(proc.stderr.strip().splitlines()[-1:]) == 1
-  assert "diverged at step" in proc.stderr.strip().splitlines()[-1]
-  assert _status(tmp_path)["status"] == "diverged"
-
-
-def test_debug_nans_names_the_primitive(tmp_path):
-  """In its own process: in one that already ran a diverging config, JAX's
-  cached primitives skipped the check (seen with jax 0.10.2)."""
-  proc = run_cli(NAN_ARGS + ["--config.debug_nans=True"], workdir=tmp_path)
-  assert proc.returncode == 1, proc.stderr[-2000:]
-  last = proc.stderr.strip().splitlines()[-1]
-  assert re.search(r"jax_debug_nans: invalid value \(nan\) encountered in \w+", last), last
-  assert _status(tmp_path)["status"] == "diverged"
-
-
-def test_status_done_carries_the_params_fingerprint(tmp_path):
-  result = train.train_and_evaluate(tiny_config(), str(tmp_path))
-  status = _status(tmp_path)
-  assert status["status"] == "done" and status["step"] == result["step"]
-  assert len(status["params_sha256"]) == 64
-
-
-# -------------------------------------------------------------- bad files
-
-
-def test_workdir_of_another_config_is_refused_with_the_differences(tmp_path):
-  base = [DEFAULT, "--config.num_train_steps=10"]
-  assert run_cli(base, workdir=tmp_path).returncode == 0
-  before = (tmp_path / "config.json").read_text()
-  proc = run_cli(base + ["--config.model.hidden_sizes=(32,)", "--config.seed=3"],
-                 workdir=tmp_path)
-  assert proc.returncode == 2
-  line = proc.stderr.strip()
-  assert len(line.splitlines()) == 1
-  assert "model.hidden_sizes" in line and "seed: 0 there, 3 here" in line
-  assert (tmp_path / "config.json").read_text() == before
-  # Cadence may change: this resumes (and finds the run finished).
-  assert run_cli(base + ["--config.log_every_steps=5"], workdir=tmp_path).returncode == 0
-
-
-@pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_damaged_idx_file_names_the_file(damage, tmp_path):
-  directory = write_idx_dir(str(tmp_path / "idx"), 50, 20)
-  path = os.path.join(directory, "train-images-idx3-ubyte.gz")
-  raw = open(path, "rb").read()
-  if damage == "truncate":
-    raw = raw[:len(raw) // 2]
+@pytest.mark.parametrize("sig,point", [("KILL", "step:130"), ("TERM", "sweep_eval:100")])
+def test_a_stopped_sweep_resumes_its_group_to_the_uninterrupted_results(sig, point,
+                                                                        sweep_reference,
+                                                                        tmp_path):
+  args, expected = sweep_reference
+  stop(args, tmp_path, point, sig)
+  if sig == "KILL":  # Rows past the last checkpoint (114) are redone, not kept twice.
+    assert max(int(r["step"]) for r in read_csv(tmp_path / "results.csv")) >= 120
   else:
-    raw = raw[:40] + bytes(b ^ 0xFF for b in raw[40:80]) + raw[80:]
-  with open(path, "wb") as f:
-    f.write(raw)
-  cfg = config_lib.base_config().dataset
-  cfg.name, cfg.idx_dir, cfg.data_dir, cfg.download = "fashion_mnist", directory, str(tmp_path), False
-  with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
-    data.load(cfg)
+    assert "preempted" in {r["status"] for r in status(tmp_path)["runs"].values()}
+  resumed = rerun(args, tmp_path)
+  # Mid-group from its checkpoint, not from scratch.
+  assert ("resumed at step 114" if sig == "KILL" else "resumed at step 120") in resumed.stderr
+  assert sweep_rows(tmp_path) == expected
+  final = status(tmp_path)
+  assert final["status"] == "done" and len(final["runs"]) == 4
+
+
+# ------------------------------------------- damaged files a rerun repairs
+
+
+def _insert_line(path, line):
+  lines = path.read_bytes().splitlines(keepends=True)
+  path.write_bytes(b"".join(lines[:2] + [line] + lines[2:]))
+
+
+def _append(path, data):
+  with open(path, "ab") as f:
+    f.write(data)
+
+
+REPAIRED_FAULTS = {
+    # name: (damage(workdir), whether a warning names the damage)
+    "metrics_null_line": (lambda w: _insert_line(w / "metrics.jsonl", b"null\n"), True),
+    "metrics_binary_junk": (lambda w: _insert_line(w / "metrics.jsonl", b"\x00\xff\xfe junk\n"),
+                            True),
+    "metrics_cut_off_last_line": (lambda w: _append(w / "metrics.jsonl", b'{"step": 4'), False),
+    "status_json_is_junk": (lambda w: (w / "status.json").write_text("{bad"), False),
+    "model_info_is_junk": (lambda w: (w / "model_info.json").write_text("{bad"), False),
+}
+
+
+
+
+@pytest.mark.parametrize("fault", sorted(REPAIRED_FAULTS))
+def test_damaged_run_files_are_repaired_by_the_rerun(fault, trained_copy, trained):
+  damage, warns = REPAIRED_FAULTS[fault]
+  damage(trained_copy)
+  proc = rerun(DEFAULT_LONGER, trained_copy)
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  warnings = [l for l in messages(proc.stderr) if "damaged line" in l]
+  assert len(warnings) == (1 if warns else 0), proc.stderr
+  assert len(messages(proc.stderr)) <= 2, proc.stderr
+  kept = [p for p in trained_copy.iterdir() if ".damaged-" in p.name]
+  assert len(kept) == (1 if warns else 0)  # The original is kept aside.
+  ref = trained / "run60"
+  assert status(trained_copy)["params_sha256"] == status(ref)["params_sha256"]
+  assert rows(trained_copy) == rows(ref)
+
+
+def test_a_truncated_checkpoint_falls_back_quietly(trained_copy, trained):
+  data = [os.path.join(root, f) for root, _, files in os.walk(trained_copy / "checkpoints" / "40")
+          for f in files if os.sep + "d" + os.sep in os.path.join(root, f)]
+  assert data
+  for path in data:
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  proc = rerun(DEFAULT_LONGER, trained_copy)
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  lines = messages(proc.stderr)
+  assert len(lines) <= 3 and "checkpoint at step 40 is unreadable" in lines[0], proc.stderr
+  assert status(trained_copy)["params_sha256"] == status(trained / "run60")["params_sha256"]
+
+
+# ---------------------------------------------------------- a full disk
+
+
+@pytest.mark.parametrize("size,kept", [
+    ("1600k", "the newest complete checkpoint, step 22"),  # The second checkpoint fails.
+    ("8k", "no checkpoint had been completed"),  # model_info.json fails.
+])
+def test_a_full_disk_is_one_line_keeps_the_checkpoint_and_the_rerun_resumes(
+    size, kept, trained, tmp_path):
+  main = f'"$PY" -m vgg_jax.main {" ".join(DEFAULT_LONGER)} --workdir="$FULL/run"'
+  script = "\n".join([
+      f'mount -t tmpfs -o size={size} tmpfs "$FULL" || exit 99',
+      f'{main} 2> "$OUT/first.err"; echo $? > "$OUT/first.rc"',
+      'mount -o remount,size=16m "$FULL"',  # Space freed.
+      f'{main} 2> "$OUT/second.err"; echo $? > "$OUT/second.rc"',
+      'cp "$FULL/run/status.json" "$FULL/run/metrics.jsonl" "$OUT/"'])
+  proc = in_a_mount_namespace(script, tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  first = (tmp_path / "first.err").read_text()
+  assert (tmp_path / "first.rc").read_text().strip() == "2", first[-3000:]
+  assert "Traceback" not in first
+  lines = messages(first)
+  assert len(lines) <= 2 and "no space left on the device of --workdir=" in lines[-1], first
+  assert kept in first and "rerun the same command to resume" in first
+  second = (tmp_path / "second.err").read_text()
+  assert (tmp_path / "second.rc").read_text().strip() == "0", second[-3000:]
+  assert "Traceback" not in second
+  ref = trained / "straight60"
+  assert status(tmp_path)["params_sha256"] == status(ref)["params_sha256"]
+  assert rows(tmp_path) == rows(ref)

@@ -1,12 +1,12 @@
-"""Damaged checkpoints: fall back to an older good one, or refuse clearly."""
+"""Damaged checkpoints: fall back to an older good one. Where none is left, the
+refusal on the command line: tests/e2e/test_bad_input.py."""
 
 import logging
 import os
-import shutil
 
 import pytest
 
-from conftest import run_cli, tiny_config
+from conftest import tiny_config
 from vgg_jax import checkpoint, metrics, train
 
 
@@ -47,25 +47,3 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
   assert any("checkpoint at step 16 is unreadable" in w for w in warnings), warnings
   assert os.listdir(os.path.join(work, checkpoint.CORRUPT_DIR))  # Moved, not deleted.
   assert comparable(metrics.read_metrics(work)) == expected  # Steps 9..24 redone exactly.
-
-
-def test_no_readable_checkpoint_is_a_clear_error_and_keeps_the_workdir(tmp_path):
-  args = ["--config=configs/default.py", "--config.num_train_steps=40",
-          "--config.checkpoint_every_steps=20", "--config.log_every_steps=20"]
-  first = run_cli(args, workdir=tmp_path)
-  assert first.returncode == 0, first.stderr
-  steps = [d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
-  assert len(steps) == 2
-  for step in steps:
-    delete_manifest(os.path.join(tmp_path, "checkpoints", step))
-  rows = open(tmp_path / "metrics.jsonl").read()
-  again = run_cli(args, workdir=tmp_path)
-  assert again.returncode == 2
-  errors = [l for l in again.stderr.splitlines() if l.startswith("vgg_jax:")]
-  assert len(errors) == 1 and errors[0].startswith("vgg_jax: no readable checkpoint")
-  assert "refusing to start" in errors[0]
-  # Each damaged step got its own one-line warning.
-  assert again.stderr.count("is unreadable") == 2
-  assert open(tmp_path / "metrics.jsonl").read() == rows  # Nothing was overwritten.
-  assert sorted(os.listdir(tmp_path / checkpoint.CORRUPT_DIR))
-  shutil.rmtree(tmp_path)

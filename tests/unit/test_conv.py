@@ -22,9 +22,11 @@ def test_conv_outputs_and_gradients_match_xla(lowering, shape):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[-1], 6)) * 0.3
   loss = lambda lw: lambda x, k: jnp.sum(jnp.sin(conv.conv3x3(x, k, lw)))
-  np.testing.assert_allclose(conv.conv3x3(x, k, lowering), conv.conv3x3(x, k, "xla"),
-                             rtol=1e-5, atol=1e-5)
-  got = jax.grad(loss(lowering), argnums=(0, 1))(x, k)
+  # The lowering compiled, as training runs it (eager it took 5x as long);
+  # eager against compiled: test_jit_gradient_equals_eager_through_batch_norm_and_pool.
+  np.testing.assert_allclose(jax.jit(functools.partial(conv.conv3x3, lowering=lowering))(x, k),
+                             conv.conv3x3(x, k, "xla"), rtol=1e-5, atol=1e-5)
+  got = jax.jit(jax.grad(loss(lowering), argnums=(0, 1)))(x, k)
   want = jax.grad(loss("xla"), argnums=(0, 1))(x, k)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
@@ -57,10 +59,12 @@ def test_vgg_lowerings_share_params_outputs_and_gradients(lowering):
   def loss(lw, p):
     return jnp.sum(nets[lw].apply(p, x, train=False) ** 2)
 
-  np.testing.assert_allclose(nets[lowering].apply(params, x, train=False),
-                             nets["xla"].apply(params, x, train=False), rtol=1e-4, atol=1e-5)
-  got = jax.grad(functools.partial(loss, lowering))(params)
-  want = jax.grad(functools.partial(loss, "xla"))(params)
+  # Compiled, as training runs it (eager, the im2col VGG took 14 s).
+  apply = {lw: jax.jit(functools.partial(net.apply, train=False)) for lw, net in nets.items()}
+  np.testing.assert_allclose(apply[lowering](params, x), apply["xla"](params, x),
+                             rtol=1e-4, atol=1e-5)
+  got = jax.jit(jax.grad(functools.partial(loss, lowering)))(params)
+  want = jax.jit(jax.grad(functools.partial(loss, "xla")))(params)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
@@ -136,9 +140,12 @@ def test_blocked_bfloat16_vgg_stays_close_to_float32():
   net32 = models.create_model(cfg, 5)
   params = net32.init(jax.random.PRNGKey(0), x, train=False)
   net16 = models.create_model(cfg, 5, dtype="bfloat16")
-  grads = jax.grad(lambda p: jnp.sum(net16.apply(p, x, train=False).astype(jnp.float32)))(params)
+  # Compiled, as training runs it (eager, this test took 30 s).
+  grads = jax.jit(jax.grad(
+      lambda p: jnp.sum(net16.apply(p, x, train=False).astype(jnp.float32))))(params)
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
-  np.testing.assert_allclose(net16.apply(params, x, train=False).astype(jnp.float32),
+  apply16 = jax.jit(functools.partial(net16.apply, train=False))
+  np.testing.assert_allclose(apply16(params, x).astype(jnp.float32),
                              net32.apply(params, x, train=False), rtol=0.1, atol=0.1)
 
 

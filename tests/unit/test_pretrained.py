@@ -1,24 +1,22 @@
-"""ImageNet weight import, freezing, cached features, predict and visualize.
+"""Weight import and freezing, in process: torchvision, Keras .h5, .pth and
+.safetensors files made here from our own random VGGs, every way a weights
+file can fail to fit (one line each), and frozen layers that do not move.
 
-Every weights file here is made by the test: Keras builds VGG16 offline with
-random weights (KERAS_BACKEND=jax, in a subprocess so the backend choice
-cannot clash with this process), and our own random VGG16 is written in
-torchvision's layout.
+Keras's and PyTorch's own VGG16 logits, and a fine-tune then predict and
+visualize from the command line: tests/e2e/test_transfer.py.
 """
 
+import functools
+import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, tiny_config
+from conftest import tiny_config
 from vgg_jax import config_lib, finetune, models, optim, pretrained, train
-
-HELPER = os.path.join(REPO, "tests", "helpers", "keras_vgg_reference.py")
 
 
 def _vgg(name="vgg16", num_outputs=1000, **overrides):
@@ -27,73 +25,6 @@ def _vgg(name="vgg16", num_outputs=1000, **overrides):
   for k, v in overrides.items():
     config[k] = v
   return models.create_model(config, num_outputs)
-
-
-def _logits(model, params, images, preprocessing):
-  x = (images / 255.0 - np.asarray(preprocessing["mean"])) / np.asarray(preprocessing["std"])
-  return np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(
-      params, jnp.asarray(x, jnp.float32)))
-
-
-@pytest.fixture(scope="module")
-def keras_files(tmp_path_factory):
-  out = tmp_path_factory.mktemp("keras")
-  env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, HELPER, str(out)], env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return out
-
-
-@pytest.mark.parametrize("filename", ["legacy.h5", "k3.weights.h5"])
-def test_keras_vgg16_logits_match_and_survive_torchvision_round_trip(keras_files, filename):
-  ref = np.load(keras_files / "reference.npz")
-  params, preprocessing = pretrained.load(str(keras_files / filename), "vgg16")
-  assert preprocessing["name"] == "caffe"
-  model = _vgg()
-  ours = _logits(model, params, ref["images"], preprocessing)
-  scale = np.abs(ref["logits"]).max()
-  np.testing.assert_allclose(ours, ref["logits"], atol=1e-4 * max(scale, 1.0))
-  # Keras -> torchvision layout -> back: the same numbers, bit for bit.
-  back = pretrained.from_torchvision(pretrained.to_torchvision(params, "vgg16"), "vgg16")
-  for layer in params:
-    for key in params[layer]:
-      np.testing.assert_array_equal(back[layer][key], params[layer][key])
-  np.testing.assert_allclose(_logits(model, back, ref["images"], preprocessing), ours, rtol=0,
-                             atol=0)
-
-
-def test_torch_forward_matches(keras_files, tmp_path):
-  torch = pytest.importorskip("torch")
-  ref = np.load(keras_files / "reference.npz")
-  params, preprocessing = pretrained.load(str(keras_files / "legacy.h5"), "vgg16")
-  state = pretrained.to_torchvision(params, "vgg16")
-  nn = torch.nn
-  layers, channels = [], 3
-  for stage in models.VGG_STAGES["vgg16"]:
-    for width in stage:
-      layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
-      channels = width
-    layers.append(nn.MaxPool2d(2))
-  net = nn.Module()
-  net.features = nn.Sequential(*layers)
-  net.classifier = nn.Sequential(nn.Linear(25088, 4096), nn.ReLU(), nn.Dropout(),
-                                 nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(),
-                                 nn.Linear(4096, 1000))
-  net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
-  net.eval()
-  x = (ref["images"] / 255.0 - np.asarray(preprocessing["mean"])) / np.asarray(preprocessing["std"])
-  with torch.no_grad():
-    t = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))
-    out = net.classifier(torch.flatten(net.features(t), 1)).numpy()
-  np.testing.assert_allclose(out, ref["logits"], atol=1e-4 * max(np.abs(out).max(), 1.0))
-  # And the .pth path: torch.save'd state_dict, read back with weights_only.
-  torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
-             tmp_path / "vgg16.pth")
-  loaded, prep = pretrained.load(str(tmp_path / "vgg16.pth"), "vgg16")
-  assert prep["name"] == "torch"
-  np.testing.assert_array_equal(loaded["fc1"]["kernel"], params["fc1"]["kernel"])
 
 
 class _Evil:
@@ -112,7 +43,8 @@ def test_torch_file_needing_pickle_code_is_refused(tmp_path):
 def _small_state():
   """Our own random VGG11, conv layers only, in torchvision layout."""
   model = _vgg("vgg11", 10, classifier_sizes=(16,))
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+  params = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
   return model, jax.tree.map(np.asarray, params)
 
 
@@ -186,68 +118,111 @@ def test_frozen_layers_do_not_change():
       assert same == (layer not in moving), (freeze, layer)
 
 
-@pytest.fixture(scope="module")
-def stand_in(tmp_path_factory):
-  """A sneaker/boot-like two-class image folder at 28x28 and a VGG16 weights file."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp("stand_in")
+# ------------------------------------------------------- weights files
+
+
+def _weights_fixture():
+  """A random narrow VGG11 in torchvision's layout, and the model it fits."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vgg_jax import config_lib, models  # pylint: disable=g-import-not-at-top
+
+  def model_config(width=1 / 16, name="vgg11"):
+    c = config_lib.base_config().model
+    c.name, c.width_multiplier, c.classifier_sizes = name, width, (32, 32)
+    return c
+
+  def shapes(c):
+    model = models.create_model(c, 10)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                             train=False))["params"]
+
   rng = np.random.default_rng(0)
-  for split, n in (("train", 60), ("test", 20)):
-    for c, name in enumerate(("sneaker", "boot")):
-      os.makedirs(root / "folder" / split / name)
-      for i in range(n):
-        img = rng.integers(0, 60, (28, 28), dtype=np.uint8)
-        img[14 * c:14 * c + 14] += 150  # Top half bright for one class, bottom for the other.
-        Image.fromarray(img).save(root / "folder" / split / name / f"{i}.png")
-  model = _vgg("vgg16", 2, classifier_sizes=(256,))
-  params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
-  convs = {k: v for k, v in jax.tree.map(np.asarray, params).items()
-           if k.startswith("conv")}
-  pretrained.write_safetensors(str(root / "vgg16.safetensors"),
-                               pretrained.to_torchvision(convs, "vgg16"))
-  return root
+  params = jax.tree.map(lambda s: rng.random(s.shape, np.float32), shapes(model_config()))
+  return pretrained.to_torchvision(params, "vgg11"), model_config, shapes
 
 
-def _stand_in_args(root):
-  return ["--config=configs/cats_vs_dogs.py:stand_in", f"--config.dataset.path={root / 'folder'}",
-          f"--config.model.pretrained={root / 'vgg16.safetensors'}", "--config.num_epochs=3",
-          "--config.batch_size=16", "--config.eval_batch_size=64"]
+def _replace(state, **changes):
+  state = dict(state)
+  for key, value in changes.items():
+    key = key.replace("__", ".")
+    if value is None:
+      del state[key]
+    else:
+      state[key] = value
+  return state
 
 
-def test_stand_in_fine_tune_predict_and_look(stand_in, tmp_path):
-  workdir = tmp_path / "run"
-  proc = run_cli(_stand_in_args(stand_in), workdir=workdir)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "cached (512,) features" in proc.stderr or "features" in proc.stderr
-  assert (workdir / finetune.FEATURES_FILE).exists()
-  assert "test_accuracy=" in proc.stdout
-
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-  env.pop("XLA_FLAGS", None)
-  images = [str(stand_in / "folder" / "test" / "sneaker" / "0.png"),
-            str(stand_in / "folder" / "test" / "boot" / "0.png")]
-  pred = subprocess.run([sys.executable, "-m", "vgg_jax.predict", f"--workdir={workdir}", *images],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  assert pred.returncode == 0, pred.stderr[-3000:]
-  lines = pred.stdout.strip().splitlines()
-  assert len(lines) == 2
-  for line, path in zip(lines, images):
-    name, prob = line.split(": ")[1].split()
-    assert line.startswith(path) and name in ("sneaker", "boot") and 0.5 <= float(prob) <= 1.0
-
-  look = subprocess.run([sys.executable, "-m", "vgg_jax.visualize", f"--workdir={workdir}",
-                         f"--image={images[0]}", f"--out={tmp_path / 'look'}"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
-  assert look.returncode == 0, look.stderr[-3000:]
-  for png in ("filters.png", "feature_maps.png"):
-    assert (tmp_path / "look" / png).read_bytes()[:4] == b"\x89PNG"
+WEIGHTS_FAULTS = {
+    # name: (torchvision state -> state or raw safetensors header, model changes, message)
+    "header_is_a_list": (lambda s: [1, 2], {}, "the header is a JSON list"),
+    "header_entry_is_a_string": (lambda s: {"features.0.weight": "x"}, {},
+                                 "not a readable safetensors file"),
+    "conv_bias_missing": (lambda s: _replace(s, features__0__bias=None), {},
+                          "has features.0.weight but no features.0.bias"),
+    "fc_bias_missing": (lambda s: _replace(s, classifier__0__bias=None), {},
+                        "has classifier.0.weight but no classifier.0.bias"),
+    "conv_weight_is_2d": (lambda s: _replace(s, features__3__weight=np.zeros((8, 3), np.float32)),
+                          {}, "features.3.weight has shape (8, 3)"),
+    "conv_of_another_shape": (
+        lambda s: _replace(s, features__3__weight=np.zeros((7, 4, 3, 3), np.float32)), {},
+        "features.3.weight has shape (7, 4, 3, 3)"),
+    "fc1_takes_no_square_map": (
+        lambda s: _replace(s, classifier__0__weight=np.zeros((32, 37), np.float32)), {},
+        "classifier.0.weight takes 37 inputs"),
+    "model_narrower_than_the_file": (lambda s: s, {"width": 1 / 32},
+                                     "conv1_1/kernel has shape (3, 3, 3, 4), the model needs "
+                                     "(3, 3, 3, 2)"),
+    "model_wider_than_the_file": (lambda s: s, {"width": 1 / 8}, "the model needs (3, 3, 3, 8)"),
+    "another_vgg": (lambda s: s, {"name": "vgg16"}, "has 8 conv layers"),
+}
 
 
-def test_freeze_without_weights_and_bad_weights_are_one_line(stand_in, tmp_path):
-  args = [a for a in _stand_in_args(stand_in) if "pretrained" not in a]
-  proc = run_cli(args, workdir=tmp_path / "a")
-  assert proc.returncode == 2 and " model.pretrained=" in proc.stderr
-  assert len(proc.stderr.strip().splitlines()) == 1
-  proc = run_cli(args + [f"--config.model.pretrained={tmp_path / 'missing.h5'}"],
-                 workdir=tmp_path / "b")
-  assert proc.returncode == 2 and "missing.h5 does not exist" in proc.stderr.strip().splitlines()[-1]
+@pytest.mark.parametrize("fault", sorted(WEIGHTS_FAULTS))
+def test_a_weights_file_that_does_not_fit_is_one_line(fault, tmp_path):
+  import struct  # pylint: disable=g-import-not-at-top
+  from vgg_jax import finetune  # pylint: disable=g-import-not-at-top
+  state, model_config, shapes = _weights_fixture()
+  make, changes, expected = WEIGHTS_FAULTS[fault]
+  content = make(state)
+  path = tmp_path / f"{fault}.safetensors"
+  if isinstance(content, dict) and all(isinstance(v, np.ndarray) for v in content.values()):
+    pretrained.write_safetensors(str(path), content)
+  else:  # A raw header.
+    header = json.dumps(content).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+  config = model_config(**changes)
+  config.pretrained = str(path)
+  with pytest.raises(pretrained.WeightsError) as e:
+    finetune.load_pretrained(config, shapes(config), 3)
+  assert "\n" not in str(e.value) and str(path) in str(e.value) and expected in str(e.value)
+
+
+def test_the_unbroken_weights_file_loads(tmp_path):
+  from vgg_jax import finetune  # pylint: disable=g-import-not-at-top
+  state, model_config, shapes = _weights_fixture()
+  path = tmp_path / "ok.safetensors"
+  pretrained.write_safetensors(str(path), state)
+  config = model_config()
+  config.pretrained = str(path)
+  layers, preprocessing = finetune.load_pretrained(config, shapes(config), 3)
+  assert preprocessing["name"] == "torch" and "conv4_2" in layers
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b"\x00" * 4, "not a readable safetensors file"),  # Shorter than its own header length.
+    (np.uint64(2**62).tobytes(), "not a readable safetensors file"),  # A header length past the end.
+])
+def test_a_truncated_safetensors_file_is_one_line(content, expected, tmp_path):
+  path = tmp_path / "w.safetensors"
+  path.write_bytes(content)
+  with pytest.raises(pretrained.WeightsError, match=expected):
+    pretrained.load(str(path), "vgg11")
+
+
+def test_a_pth_holding_a_list_is_one_line(tmp_path):
+  torch = pytest.importorskip("torch")
+  path = tmp_path / "w.pth"
+  torch.save([1, 2], path)
+  with pytest.raises(pretrained.WeightsError, match="holds a list, not a state_dict"):
+    pretrained.load(str(path), "vgg11")

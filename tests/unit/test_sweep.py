@@ -1,27 +1,16 @@
-"""Sweeps: specs, K models per vmap program, divergence, shards, resume."""
+"""Sweeps in process: specs, K models per vmap program, divergence, rerun.
 
-import csv
+From the command line (shards, a dataset registered in the config file):
+tests/e2e/test_sweeps.py. Resume: tests/e2e/test_resume.py."""
+
 import json
 import os
 
 import pytest
 
-from conftest import run_cli, tiny_config
+from conftest import read_csv, tiny_config
 from vgg_jax import sweep, train
 from vgg_jax.errors import ConfigError
-
-
-def read_results(path):
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
-
-
-def final_rows(rows):
-  last = {}
-  for r in rows:
-    if r["split"] == "test":
-      last[int(r["run_id"])] = r
-  return last
 
 
 def test_product_and_zip():
@@ -114,7 +103,7 @@ def test_shape_changing_axes_become_separate_groups(tmp_path):
                                                sweep.axis("seed", [0, 1])))
   results = sweep.run_sweep(config, str(tmp_path))
   assert sorted(r["run_id"] for r in results) == [0, 1, 2, 3]
-  rows = read_results(os.path.join(tmp_path, "results.csv"))
+  rows = read_csv(os.path.join(tmp_path, "results.csv"))
   assert {r["model.hidden_sizes"] for r in rows} == {"[8]", "[16, 16]"}
 
 
@@ -132,9 +121,9 @@ def test_rerun_skips_finished_runs(tmp_path):
   config = tiny_config()
   config.sweep = sweep.to_config(sweep.axis("seed", [0, 1]))
   sweep.run_sweep(config, str(tmp_path))
-  before = read_results(os.path.join(tmp_path, "results.csv"))
+  before = read_csv(os.path.join(tmp_path, "results.csv"))
   assert sweep.run_sweep(config, str(tmp_path)) == []
-  assert read_results(os.path.join(tmp_path, "results.csv")) == before
+  assert read_csv(os.path.join(tmp_path, "results.csv")) == before
 
 
 def test_bad_sweep_axis_and_shard_are_config_errors(tmp_path):
@@ -144,24 +133,3 @@ def test_bad_sweep_axis_and_shard_are_config_errors(tmp_path):
     sweep.run_sweep(config, str(tmp_path))
   with pytest.raises(ConfigError, match="sweep_shard"):
     sweep.parse_shard("2/2")
-
-
-def test_digits_sweep_24_runs_and_two_shards_cover_them(tmp_path):
-  fast = ["--config=configs/sweep_digits.py", "--config.num_epochs=2"]
-  full = run_cli(fast, workdir=tmp_path / "full")
-  assert full.returncode == 0, full.stderr
-  assert "24 runs" in full.stdout
-  all_runs = final_rows(read_results(tmp_path / "full" / "results.csv"))
-  assert sorted(all_runs) == list(range(24))
-  keys = lambda r: (r["optimizer.learning_rate"], r["seed"])
-  assert len({keys(r) for r in all_runs.values()}) == 24
-  shards = {}
-  for i in range(2):
-    proc = run_cli(fast + [f"--sweep_shard={i}/2"], workdir=tmp_path / "sharded")
-    assert proc.returncode == 0, proc.stderr
-    shards[i] = final_rows(read_results(tmp_path / "sharded" / f"results-shard{i}of2.csv"))
-  assert not set(shards[0]) & set(shards[1])
-  assert sorted(set(shards[0]) | set(shards[1])) == list(range(24))
-  for run_id, row in {**shards[0], **shards[1]}.items():
-    assert keys(row) == keys(all_runs[run_id])
-    assert float(row["accuracy"]) == pytest.approx(float(all_runs[run_id]["accuracy"]), abs=1e-6)

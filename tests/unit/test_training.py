@@ -1,4 +1,7 @@
-"""train_and_evaluate end to end on tiny models: outputs, determinism, resume."""
+"""train_and_evaluate on tiny models, in process: outputs, determinism,
+resume from a middle checkpoint, epoch orders, evaluation, divergence.
+
+Runs stopped by a signal and resumed: tests/e2e/test_resume.py."""
 
 import glob
 import json
@@ -8,8 +11,10 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import status, tiny_config
 from vgg_jax import checkpoint, data, metrics, train
 from vgg_jax.data import pipeline
+from vgg_jax.errors import DivergedError
 
 REQUIRED_KEYS = {"step", "split", "loss", "accuracy", "learning_rate", "steps_per_sec"}
 
@@ -36,6 +41,9 @@ def test_train_and_evaluate_writes_every_output(config, tmp_path):
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   assert steps == [8, 16]
+  done = status(workdir)  # Done, with the final params' fingerprint.
+  assert done["status"] == "done" and done["step"] == result["step"]
+  assert len(done["params_sha256"]) == 64
 
 
 def test_training_learns_the_synthetic_task(config, tmp_path):
@@ -111,13 +119,14 @@ def test_eval_counts_each_example_once_with_padding():
 def test_vgg_with_batch_norm_trains_on_digits(tmp_path):
   from vgg_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config()
-  config.dataset.image_size = 17  # The smallest size VGG16's five pools accept.
-  config.model.name = "vgg16"
+  config.dataset.image_size = 17  # The smallest size a VGG's five pools accept.
+  config.model.name = "vgg11"
   config.model.width_multiplier = 1 / 32
   config.model.classifier_sizes = (16,)
   config.model.batch_norm = True
   config.num_train_steps = 3
   config.batch_size = 16
+  config.num_devices = 1
   result = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(result["loss"])
   state = train.create_train_state(jax.random.PRNGKey(0), train.models.create_model(
@@ -138,3 +147,38 @@ def test_digits_split_is_fixed_and_disjoint():
   sub = data.load(cfg)
   assert sub.info.num_classes == 2 and set(np.unique(sub.splits["train"][1])) == {0, 1}
   assert sub.info.image_shape == (32, 32, 1) and sub.info.class_names == ("3", "8")
+
+
+# --------------------------------------------------------------- NaN runs
+
+
+def _nan_config():
+  """SGD whose rate jumps by 1e30 halfway: finite first, then non-finite."""
+  config = tiny_config()
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.schedule = "step"
+  config.optimizer.step_boundaries = (0.5,)
+  config.optimizer.step_factor = 1e30
+  config.num_epochs = 5  # 40 steps; the jump at step 20.
+  config.scan_epoch = False
+  return config
+
+
+def test_divergence_stops_names_step_and_layer_and_keeps_earlier_checkpoints(tmp_path):
+  with pytest.raises(DivergedError, match=r"diverged at step 2\d.*layer (hidden_0|output)"):
+    train.train_and_evaluate(_nan_config(), str(tmp_path))
+  at = status(tmp_path)
+  assert at["status"] == "diverged" and 20 < at["step"] <= 40
+  assert at["layer"] in ("hidden_0", "output")
+  kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert kept and max(kept) < at["step"]  # Nothing saved from a non-finite state.
+  assert all(np.isfinite(r["loss"]) for r in metrics.read_metrics(str(tmp_path)))
+
+
+def test_divergence_inside_a_scanned_epoch_is_caught_at_its_end(tmp_path):
+  config = _nan_config()
+  config.scan_epoch = True
+  with pytest.raises(DivergedError, match="diverged at step 2"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert status(tmp_path)["status"] == "diverged"

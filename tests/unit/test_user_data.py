@@ -1,71 +1,18 @@
-"""Your own dataset from a file outside vgg_jax: loading, training, sweeps,
-experiments, and one-line errors for loaders that return the wrong thing."""
+"""Your own dataset from a file outside vgg_jax (conftest.USER_LOADERS):
+loading, training, and one-line errors for loaders that return the wrong
+thing. Sweeps and experiments on it: tests/e2e."""
 
 import json
 import os
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
-from conftest import REPO, dataset_config, run_cli, tiny_config
+from conftest import DEFAULT, dataset_config, parse_config, rows, status, tiny_config
 from vgg_jax import config_validation, data, inference, train
 from vgg_jax.data import user as user_lib
 from vgg_jax.errors import ConfigError, DataError, UserError
-
-LOADERS = textwrap.dedent('''
-    import numpy as np
-
-    def features():
-      """Float signals [n, 3, 8], far from [0, 1]: the class is the sign of channel 0's sum."""
-      rng = np.random.default_rng(0)
-      x = (rng.standard_normal((600, 3, 8)) * 40 + 100).astype(np.float32)
-      y = (x[:, 0, :].mean(axis=1) > 100).astype(np.int64)
-      return {"train": (x[:480], y[:480]), "test": (x[480:], y[480:]),
-              "class_names": ["low", "high"]}
-
-    def images(config):
-      """uint8 [n, h, w] (no channel axis) and no test split: one bright band per class."""
-      rng = np.random.default_rng(1)
-      y = rng.integers(0, 3, 400)
-      x = rng.integers(0, 60, (400, 12, 12)).astype(np.uint8)
-      for k in range(3):
-        x[y == k, 4 * k:4 * k + 4, :] += 150
-      return (x, y), None
-
-    def nan_features():
-      x = np.zeros((10, 4), np.float32); x[3, 2] = np.nan
-      return {"train": (x, np.arange(10) % 2)}
-
-    def short_labels():
-      return {"train": (np.zeros((10, 4), np.float32), np.zeros(9, np.int32))}
-
-    def uint8_vectors():
-      return {"train": (np.zeros((10, 4), np.uint8), np.arange(10) % 2)}
-
-    def not_arrays():
-      return [1, 2, 3]
-
-    def fails():
-      raise RuntimeError("the share is not mounted")
-
-    def one_class():
-      return {"train": (np.zeros((10, 4), np.float32), np.zeros(10, np.int32))}
-
-    def few_names():
-      return {"train": (np.zeros((10, 4), np.float32), np.arange(10) % 3),
-              "class_names": ["a", "b"]}
-''')
-
-
-@pytest.fixture(scope="module")
-def loader_file(tmp_path_factory):
-  path = tmp_path_factory.mktemp("userdata") / "mine.py"
-  # images() returns test=None: the loader's tuple form needs a real test split.
-  path.write_text(LOADERS.replace("return (x, y), None", "return {'train': (x, y)}"))
-  return path
 
 
 def test_float_features_stay_float_and_are_normalized_from_train(loader_file):
@@ -123,80 +70,22 @@ def _mlp_config(dataset):
   return config
 
 
-def test_single_run_on_float_features_learns(loader_file, tmp_path):
-  proc = run_cli(["--config=configs/default.py", f"--config.dataset.name={loader_file}:features",
-                  "--config.num_epochs=6", "--config.optimizer.name=adam",
-                  "--config.optimizer.learning_rate=0.003"], workdir=tmp_path / "run")
-  assert proc.returncode == 0, proc.stderr
-  status = json.loads((tmp_path / "run" / "status.json").read_text())
-  assert status["status"] == "done"
+def test_the_default_config_learns_float_features(loader_file, tmp_path):
+  """What `--config=configs/default.py --config.dataset.name=FILE:features` runs."""
+  config = parse_config(DEFAULT, f"--config.dataset.name={loader_file}:features",
+                        "--config.num_epochs=6", "--config.optimizer.name=adam",
+                        "--config.optimizer.learning_rate=0.003")
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["step"] == 6 * (480 // config.batch_size)  # 480 training examples.
+  assert status(tmp_path / "run")["status"] == "done"
   info = json.loads((tmp_path / "run" / "model_info.json").read_text())
   assert info["image_shape"] == [3, 8] and info["class_names"] == ["low", "high"]
   assert len(info["mean"]) == 8
-  final = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-  test_acc = [r["accuracy"] for r in final if r["split"] == "test"][-1]
+  test_acc = [r["accuracy"] for r in rows(tmp_path / "run", "test")][-1]
   assert test_acc > 0.8, test_acc  # Chance is about 0.5.
   # Predicting from image files on a features model is one line.
   with pytest.raises(UserError, match=r"features of shape \[3, 8\]"):
     inference.load_images(["x.png"], 3, 8)
-
-
-def test_sweep_on_a_dataset_registered_in_the_config_file(loader_file, tmp_path):
-  cfg = tmp_path / "sweep_mine.py"
-  cfg.write_text(textwrap.dedent(f'''
-      import importlib.util
-      from vgg_jax import data, sweep
-      from vgg_jax.config_lib import base_config
-
-      spec = importlib.util.spec_from_file_location("mine", {str(loader_file)!r})
-      mine = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(mine)
-      data.register("mine", mine.images)
-
-      def get_config():
-        c = base_config()
-        c.dataset.name = "mine"
-        c.dataset.validation_fraction = 0.1
-        c.dataset.crop_padding = 1
-        c.model.hidden_sizes = (16,)
-        c.num_epochs = 2
-        c.sweep = sweep.to_config(sweep.product(
-            sweep.axis("optimizer.learning_rate", [0.01, 0.1])))
-        return c
-  '''))
-  proc = run_cli([f"--config={cfg}"], workdir=tmp_path / "sweep")
-  assert proc.returncode == 0, proc.stderr
-  status = json.loads((tmp_path / "sweep" / "status.json").read_text())
-  assert status["status"] == "done" and len(status["runs"]) == 2, status
-  assert all(r["status"] == "done" for r in status["runs"].values()), status
-
-
-def _experiment(name, workdir, *args):
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-  env.pop("XLA_FLAGS", None)
-  return subprocess.run([sys.executable, "-m", f"experiments.{name}", f"--workdir={workdir}",
-                         "--mode=smoke", *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
-
-
-def test_experiment_on_user_images(loader_file, tmp_path):
-  proc = _experiment("dropout", tmp_path / "exp",
-                     f"--config.train.dataset.name={loader_file}:images")
-  assert proc.returncode == 0, proc.stderr
-  # Smoke mode trains on 500 examples; this dataset has 288 after the carves.
-  assert "has 288 training examples, fewer than the 500" in proc.stderr, proc.stderr
-  report = (tmp_path / "exp" / "report.md").read_text()
-  assert f"{loader_file}:images" in report
-
-
-def test_optimizers_on_features_leaves_the_vgg_out(loader_file, tmp_path):
-  proc = _experiment("optimizers", tmp_path / "exp", f"--dataset={loader_file}:features",
-                     "--config.optimizers=('sgd','adam')")
-  assert proc.returncode == 0, proc.stderr
-  assert "the VGG part is left out" in proc.stderr
-  report = (tmp_path / "exp" / "report.md").read_text()
-  assert "no VGG: the data are features" in report
-  assert not (tmp_path / "exp" / "runs" / "vgg").exists()
 
 
 @pytest.mark.parametrize("name,overrides,error,message", [
@@ -225,18 +114,3 @@ def test_bad_loaders_are_one_clear_error(loader_file, name, overrides, error, me
   with pytest.raises(error, match=message) as info:
     config_validation.validate(config)
   assert "\n" not in str(info.value)
-
-
-def test_bad_loader_on_the_command_line_is_one_line(loader_file, tmp_path):
-  proc = run_cli(["--config=configs/default.py",
-                  f"--config.dataset.name={loader_file}:nan_features"], workdir=tmp_path / "run")
-  assert proc.returncode == 2
-  assert proc.stderr.strip().count("\n") == 0 and "non-finite" in proc.stderr, proc.stderr
-  assert not (tmp_path / "run").exists()
-
-
-def test_training_in_process_on_user_data(loader_file, tmp_path):
-  config = tiny_config()
-  config.dataset = dataset_config(f"{loader_file}:features")
-  result = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert result["step"] == config.num_epochs * (480 // config.batch_size)

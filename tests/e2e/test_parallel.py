@@ -1,11 +1,22 @@
-"""Data parallel: the jit and pmap forms match the single-device step."""
+"""Data parallel: the jit and pmap forms on 8 fake CPU devices match the
+single-device step (BatchNorm statistics and dropout masks included); several
+processes as one JAX system over 127.0.0.1 (gloo) match one process with the
+same devices; a lost process stops the survivor clearly, a signal to one
+stops both at one step, and both resume.
+"""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from vgg_jax import checkpoint, metrics, models, optim, train
+from conftest import REPO, run_cli, subprocess_env, tiny_config
+from vgg_jax import checkpoint, metrics, models, optim, preemption, train
 from vgg_jax.errors import ConfigError
 
 
@@ -80,6 +91,9 @@ def test_batch_that_does_not_divide_the_devices_is_a_config_error(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+# ------------------------------------------------------------ processes
+
+
 def _free_port():
   import socket  # pylint: disable=g-import-not-at-top
   with socket.socket() as s:
@@ -95,14 +109,11 @@ MULTI_ARGS = ["--config=configs/default.py", "--config.model.hidden_sizes=(32,)"
 
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   """2 processes x 2 CPU devices over 127.0.0.1 (gloo) == 1 process x 4 devices."""
-  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
-  from conftest import REPO, run_cli  # pylint: disable=g-import-not-at-top
   one = run_cli(MULTI_ARGS, workdir=tmp_path / "one",
-                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
   assert one.returncode == 0, one.stderr
   port = _free_port()
-  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = [subprocess.Popen(
       [sys.executable, "-m", "vgg_jax.main", *MULTI_ARGS, f"--workdir={tmp_path / 'two'}",
        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
@@ -125,14 +136,11 @@ def test_lost_process_stops_the_survivor_clearly_and_both_resume(tmp_path):
   """SIGKILL one of 2 processes mid-run: the other exits (code 3, one clear
   line) within seconds instead of hanging in the next collective; rerunning
   both resumes from the last checkpoint with no step lost or repeated."""
-  import os, shutil, signal, subprocess, sys, time  # pylint: disable=g-import-not-at-top,multiple-imports
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
   args = ["--config=configs/default.py", "--config.model.hidden_sizes=(32,)",
           "--config.num_train_steps=800", "--config.log_every_steps=50",
           "--config.eval_every_steps=200", "--config.checkpoint_every_steps=100",
           "--config.scan_epoch=False", f"--workdir={tmp_path}", "--peer_timeout=4"]
-  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
 
   def launch():
     port = _free_port()
@@ -180,15 +188,11 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step_and_both_resume(tmp
   """SIGTERM to process 1 only: after each chunk the processes agree, so both
   save at one step and exit 75 (process 0 names a peer's signal); the rerun
   resumes with no step lost or repeated."""
-  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
-  from vgg_jax import preemption  # pylint: disable=g-import-not-at-top
   args = ["--config=configs/default.py", "--config.model.hidden_sizes=(32,)",
           "--config.num_train_steps=120", "--config.log_every_steps=10",
           "--config.eval_every_steps=60", "--config.checkpoint_every_steps=50",
           "--config.scan_epoch=False", f"--workdir={tmp_path}"]
-  base = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-              XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  base = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
 
   def launch(signal_process=None):
     port = _free_port()

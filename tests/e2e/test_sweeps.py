@@ -1,0 +1,63 @@
+"""Sweeps from the command line: the documented digits sweep, its shards, and a
+sweep on a dataset that the config file registers.
+
+Sweeps in process: tests/unit/test_sweep.py. Resume: test_resume.py.
+"""
+
+import json
+import textwrap
+
+import pytest
+
+from conftest import final_rows, read_csv, run_cli
+
+
+def test_digits_sweep_24_runs_and_two_shards_cover_them(tmp_path):
+  fast = ["--config=configs/sweep_digits.py", "--config.num_epochs=2"]
+  full = run_cli(fast, tmp_path / "full")
+  assert full.returncode == 0, full.stderr
+  assert "24 runs" in full.stdout
+  all_runs = final_rows(read_csv(tmp_path / "full" / "results.csv"))
+  assert sorted(all_runs) == list(range(24))
+  keys = lambda r: (r["optimizer.learning_rate"], r["seed"])
+  assert len({keys(r) for r in all_runs.values()}) == 24
+  shards = {}
+  for i in range(2):
+    proc = run_cli(fast + [f"--sweep_shard={i}/2"], tmp_path / "sharded")
+    assert proc.returncode == 0, proc.stderr
+    shards[i] = final_rows(read_csv(tmp_path / "sharded" / f"results-shard{i}of2.csv"))
+  assert not set(shards[0]) & set(shards[1])
+  assert sorted(set(shards[0]) | set(shards[1])) == list(range(24))
+  for run_id, row in {**shards[0], **shards[1]}.items():
+    assert keys(row) == keys(all_runs[run_id])
+    assert float(row["accuracy"]) == pytest.approx(float(all_runs[run_id]["accuracy"]), abs=1e-6)
+
+
+def test_sweep_on_a_dataset_registered_in_the_config_file(loader_file, tmp_path):
+  cfg = tmp_path / "sweep_mine.py"
+  cfg.write_text(textwrap.dedent(f'''
+      import importlib.util
+      from vgg_jax import data, sweep
+      from vgg_jax.config_lib import base_config
+
+      spec = importlib.util.spec_from_file_location("mine", {str(loader_file)!r})
+      mine = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(mine)
+      data.register("mine", mine.images)
+
+      def get_config():
+        c = base_config()
+        c.dataset.name = "mine"
+        c.dataset.validation_fraction = 0.1
+        c.dataset.crop_padding = 1
+        c.model.hidden_sizes = (16,)
+        c.num_epochs = 2
+        c.sweep = sweep.to_config(sweep.product(
+            sweep.axis("optimizer.learning_rate", [0.01, 0.1])))
+        return c
+  '''))
+  proc = run_cli([f"--config={cfg}"], tmp_path / "sweep")
+  assert proc.returncode == 0, proc.stderr
+  status = json.loads((tmp_path / "sweep" / "status.json").read_text())
+  assert status["status"] == "done" and len(status["runs"]) == 2, status
+  assert all(r["status"] == "done" for r in status["runs"].values()), status
