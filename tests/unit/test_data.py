@@ -225,3 +225,13 @@ def test_epoch_as_one_scan_equals_the_per_step_loop(tmp_path):
   for a, b in zip(rows[True], rows[False]):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
   assert results[True]["accuracy"] == pytest.approx(results[False]["accuracy"], abs=1e-6)
+
+
+def test_digits_are_scikit_learns_load_digits_without_importing_it():
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from vgg_jax.data import sources  # pylint: disable=g-import-not-at-top
+  images, labels = sources.digits_arrays()
+  reference = datasets.load_digits()
+  assert images.dtype == reference.images.dtype and labels.dtype == reference.target.dtype
+  np.testing.assert_array_equal(images, reference.images)
+  np.testing.assert_array_equal(labels, reference.target)
