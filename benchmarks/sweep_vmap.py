@@ -57,19 +57,15 @@ def train_seconds(config, axis, vmap_size: int, workdir: str) -> float:
   models per program (-1: the automatic choice): the sum over programs of
   the engine's own train_seconds clock (compile, evals and checkpoint writes
   left out)."""
-  import csv  # pylint: disable=g-import-not-at-top
-  from vgg_jax import data, sweep  # pylint: disable=g-import-not-at-top
+  from vgg_jax import sweep  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())
   config.sweep = sweep.to_config(axis)
   config.sweep_vmap_size = vmap_size
-  if vmap_size == -1:
-    vmap_size = sweep.vmap_size(config, data.load(config.dataset).info, len(axis))
   sweep.run_sweep(config, workdir)
-  with open(os.path.join(workdir, "results.csv"), newline="") as f:
-    rows = list(csv.DictReader(f))
+  groups = {i: r["group"] for i, r in sweep.status(workdir)["runs"].items()}
   per_program = {}  # A program's members share its clock: count it once.
-  for r in rows:
-    program = int(r["run_id"]) // vmap_size
+  for r in sweep.results(workdir):
+    program = groups[r["run_id"]]
     per_program[program] = max(per_program.get(program, 0.0), float(r["train_seconds"]))
   return sum(per_program.values())
 

@@ -7,7 +7,15 @@ config for vgg_jax) and `analyze(exp)` (plots, tables, report). Training
 goes through the sweep engine, one phase per sweep, into DIR/runs/<phase>/;
 a rerun skips every run that already finished there, so an interrupted
 experiment continues and a finished one only rewrites its report. The
-phases' rows are merged into DIR/results.csv with a `phase` column.
+phases' rows (of the runs this setup lists) are merged into DIR/results.csv
+with a `phase` column.
+
+DIR/experiment.json records the setup (mode, dataset, every config value):
+a rerun with another setup is refused in one line, so a report never mixes
+runs of two setups. On a cluster, `--sweep_shard=i/n` splits every phase's
+runs over n processes sharing DIR; a phase that needs the one before waits
+for all of its runs (saying which shard it waits for), and shard 0 writes
+the report once every run is in.
 """
 
 import json
@@ -26,6 +34,8 @@ from vgg_jax import preemption
 from vgg_jax import report
 from vgg_jax.errors import UserError
 
+logger = logging.getLogger("experiments")
+
 MODES = ("smoke", "quick", "full")
 FLAGS = flags.FLAGS
 
@@ -41,7 +51,17 @@ def define_flags(get_config: Callable[[str], ml_collections.ConfigDict]) -> None
   flags.DEFINE_string("dataset", None, "dataset.name for every training config of the "
                       "experiment: a built-in name, or your own loader as module:function "
                       "or path/to/file.py:function (see vgg_jax/data/user.py).")
+  cli.define_cluster_flags()
   flags.mark_flags_as_required(["workdir"])
+
+
+EXPERIMENT_FILE = "experiment.json"
+WAIT_POLL_S = 2.0  # How often a shard waiting for the others looks at the runs.
+WAIT_LOG_S = 60.0  # How often it says so.
+
+
+class ShardFinished(Exception):
+  """A shard other than 0 trained its runs; shard 0 writes the report."""
 
 
 def _set(config: ml_collections.ConfigDict, path: str, value) -> None:
@@ -75,30 +95,91 @@ def _is_train_config(value) -> bool:
 class Experiment:
   """One experiment's workdir: its phases' sweeps and the merged results."""
 
-  def __init__(self, name: str, workdir: str, mode: str, config: ml_collections.ConfigDict):
+  def __init__(self, name: str, workdir: str, mode: str, config: ml_collections.ConfigDict,
+               shard: str = "0/1"):
     self.name, self.workdir, self.mode, self.config = name, workdir, mode, config
+    self.shard = shard
     self.phases: List[str] = []
+    self.run_ids: Dict[str, set] = {}
     self.trained_runs = 0
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
 
+  def check_setup(self, dataset: Optional[str]) -> None:
+    """Refuses (one line) a workdir holding this experiment run with another
+    setup, then records this one."""
+    from vgg_jax import metrics  # pylint: disable=g-import-not-at-top
+    from vgg_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    setup = {"experiment": self.name, "mode": self.mode, "dataset": dataset or "",
+             "config": json.loads(self.config.to_json_best_effort())}
+    path = self.path(EXPERIMENT_FILE)
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          old = workdir_lib._flatten(json.load(f))  # pylint: disable=protected-access
+      except (OSError, ValueError):
+        raise UserError(f"{path} is unreadable; use a new --workdir") from None
+      new = workdir_lib._flatten(setup)  # pylint: disable=protected-access
+      differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+      if differ:
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:3])
+        more = f"; and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise UserError(f"{self.workdir} holds this experiment run with another setup "
+                        f"({shown}{more}); use a new --workdir, or the old settings to "
+                        "continue it")
+    if not self.workdir:
+      raise UserError("--workdir is empty; give the directory to write the experiment into")
+    os.makedirs(self.workdir, exist_ok=True)
+    metrics.write_text(path, json.dumps(setup, indent=1, sort_keys=True) + "\n",
+                       only_if_changed=True)
+
   def sweep(self, phase: str, train_config: ml_collections.ConfigDict, runs: List[Dict],
             probe=None) -> List[report.Row]:
-    """Trains the runs not finished yet in runs/<phase>; returns all its rows."""
+    """Trains this shard's runs not finished yet in runs/<phase>, waits for
+    the other shards' runs, and returns the phase's rows (its listed runs')."""
     from vgg_jax import sweep  # pylint: disable=g-import-not-at-top
     config = ml_collections.ConfigDict(train_config.to_dict())
     config.sweep = sweep.to_config(runs)
     phase_dir = self.path("runs", phase)
-    self.trained_runs += len(sweep.run_sweep(config, phase_dir, probe=probe))
+    self.trained_runs += len(sweep.run_sweep(config, phase_dir, self.shard, probe=probe))
+    self.run_ids[phase] = {p.run_id for p in sweep.plan(config, phase_dir)}
+    if self.shard != "0/1":
+      self._wait_for_shards(phase, config, phase_dir)
     self.phases.append(phase)
     return self.rows(phase)
 
+  def _wait_for_shards(self, phase: str, config, phase_dir: str) -> None:
+    """Waits until every run of the phase has finished, whichever shard trains it."""
+    from vgg_jax import sweep  # pylint: disable=g-import-not-at-top
+    last_log = 0.0
+    with preemption.guard() as signalled:
+      while True:
+        status = sweep.status(phase_dir, config)
+        waiting = [r for i, r in status["runs"].items() if i in self.run_ids[phase]
+                   and r["status"] not in ("done", "diverged")]
+        if not waiting:
+          return
+        if signalled.requested:
+          raise preemption.Preempted(None, phase_dir, signalled.signal_name)
+        if time.time() - last_log >= WAIT_LOG_S:
+          shards = sorted({r.get("shard", "?") for r in waiting})
+          logger.info("%s: phase %s waits for shard %s: %d run(s) not finished (%s%s)",
+                      self.name, phase, ", ".join(shards), len(waiting), waiting[0]["name"],
+                      ", ..." if len(waiting) > 1 else "")
+          last_log = time.time()
+        time.sleep(WAIT_POLL_S)
+
   def rows(self, phase: str, file: str = "results.csv") -> List[report.Row]:
-    return report.read_rows(self.path("runs", phase, file))
+    ids = self.run_ids.get(phase)
+    return [r for r in report.read_rows(self.path("runs", phase, file))
+            if ids is None or r["run_id"] in ids]
 
   def write_results(self) -> List[report.Row]:
-    """DIR/results.csv: every phase's rows, a `phase` column first."""
+    """DIR/results.csv: every phase's rows, a `phase` column first. The
+    analysis starts here: a shard other than 0 stops (shard 0 reports)."""
+    if self.shard.split("/")[0] != "0":
+      raise ShardFinished()
     os.makedirs(self.workdir, exist_ok=True)
     rows, fields = [], ["phase", "run_id"]
     for phase in self.phases:
@@ -159,17 +240,25 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
       cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", prog=name)
     cli.setup_logging("vgg_jax", "experiments")
     config = config_for_mode(get_config, FLAGS.mode)
-    exp = Experiment(name, FLAGS.workdir, FLAGS.mode, config)
+    exp = Experiment(name, FLAGS.workdir, FLAGS.mode, config, FLAGS.sweep_shard)
     start = time.time()
     try:
-      from vgg_jax import compile_cache, config_validation  # pylint: disable=g-import-not-at-top
+      from vgg_jax import compile_cache, config_validation, sweep  # pylint: disable=g-import-not-at-top
+      sweep.parse_shard(FLAGS.sweep_shard)
       compile_cache.enable()  # The experiment's runs share their programs' compiles.
+      cli.initialize_cluster()
       if prepare is not None:
         prepare(config)
       for value in train_configs(config):  # Before anything runs.
         config_validation.validate(value)
       fit_subsets_to_data(name, config)
+      exp.check_setup(FLAGS.dataset)
       train_and_analyze(exp)
+    except ShardFinished:
+      print(f"{name}: shard {FLAGS.sweep_shard}: {exp.trained_runs} runs trained this time, "
+            f"{time.time() - start:.0f} s; every run is in, and shard 0 writes the report "
+            f"({exp.path('report.md')})")
+      return
     except preemption.Preempted as e:  # Rerunning resumes from the checkpoints.
       cli.fail(str(e), code=preemption.EXIT_CODE, prog=name)
     except UserError as e:

@@ -266,7 +266,7 @@ def sweep_rows(workdir, file="results.csv"):
 
 def final_rows(results):
   """{run_id: its last test row} of results.csv rows."""
-  return {int(r["run_id"]): r for r in results if r["split"] == "test"}
+  return {r["run_id"]: r for r in results if r["split"] == "test"}
 
 
 # A user's dataset module: loaders of every kind, good and bad.

@@ -5,6 +5,7 @@ prints one line on stderr, ``<prog>: message``, and exits with code 2.
 """
 
 import logging as std_logging
+import os
 import re
 import sys
 
@@ -67,3 +68,29 @@ def load_config_flag(name: str = "config"):
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     fail(f"cannot load --{name}={FLAGS[name].serialize().split('=', 1)[-1]}: {lines[-1]}")
   return config
+
+
+def define_cluster_flags() -> None:
+  """--sweep_shard and the multi-process flags, for vgg_jax.main and the
+  experiments. Defaults come from JAX's own environment variables, so a
+  launcher can set either; on TPU pods and SLURM, --multihost finds them all."""
+  flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS", ""),
+                      "host:port of process 0, for multi-process runs.")
+  flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", "0")),
+                       "Number of processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", "-1")),
+                       "This process's index in a multi-process run.")
+  flags.DEFINE_string("sweep_shard", "0/1", "For a sweep: run i of every n runs (i/n), so n "
+                      "workers (a SLURM job array, say) split the list and share the workdir.")
+  flags.DEFINE_float("peer_timeout", 60.0, "Multi-process runs: seconds without a heartbeat "
+                     "from another process before this one stops with a clear error (0: off).")
+  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() and let it find "
+                    "the cluster (TPU pods, SLURM).")
+
+
+def initialize_cluster() -> None:
+  """jax.distributed from the cluster flags (a no-op for one process)."""
+  from vgg_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id, auto=FLAGS.multihost,
+                                  peer_timeout_s=FLAGS.peer_timeout)

@@ -13,8 +13,6 @@ full disk stops the run with one line (exit 2); its earlier checkpoints are
 intact, and rerunning once there is space resumes.
 """
 
-import os
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -24,20 +22,7 @@ from vgg_jax.errors import DivergedError, UserError, disk_full_message, is_disk_
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
-# Multi-process runs. Defaults come from JAX's own environment variables, so a
-# launcher can set either; on TPU pods and SLURM, --multihost finds them all.
-flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS", ""),
-                    "host:port of process 0, for multi-process runs.")
-flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", "0")),
-                     "Number of processes in a multi-process run.")
-flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", "-1")),
-                     "This process's index in a multi-process run.")
-flags.DEFINE_string("sweep_shard", "0/1", "For a config with a sweep: run i of every n "
-                    "runs (i/n), so n workers split the list.")
-flags.DEFINE_float("peer_timeout", 60.0, "Multi-process runs: seconds without a heartbeat from "
-                   "another process before this one stops with a clear error (0: off).")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() and let it find the "
-                  "cluster (TPU pods, SLURM).")
+cli.define_cluster_flags()  # --sweep_shard, --multihost and the multi-process flags.
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -51,17 +36,16 @@ def main(argv):
   config = cli.load_config_flag()
   try:
     config_validation.validate(config)
-    from vgg_jax import compile_cache, parallel, sweep, training  # pylint: disable=g-import-not-at-top
+    from vgg_jax import compile_cache, sweep, training  # pylint: disable=g-import-not-at-top
     compile_cache.enable()  # A sweep's runs (and evals) compile each program once.
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id, auto=FLAGS.multihost,
-                                    peer_timeout_s=FLAGS.peer_timeout)
+    cli.initialize_cluster()
     if config.sweep:
       results = sweep.run_sweep(config, FLAGS.workdir, FLAGS.sweep_shard)
       for r in results:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in r.items()))
-      print(f"{len(results)} runs -> {FLAGS.workdir}")
+                       for k, v in r.items() if k != "run_id"))
+      print(f"{len(results)} runs trained -> {FLAGS.workdir} (results.csv, status.json; "
+            f"tensorboard --logdir={FLAGS.workdir})")
       return
     result = training.train_and_evaluate(config, FLAGS.workdir)
   except DivergedError as e:

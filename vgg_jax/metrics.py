@@ -44,16 +44,27 @@ def write_status(workdir: str, status: str, **fields) -> None:
 def write_json(path: str, record, **dump_options) -> None:
   """Writes JSON atomically (temp file, then rename): a reader or a kill never
   leaves half a file."""
-  tmp = path + ".tmp"
+  write_text(path, json.dumps(record, **{"indent": 1, **dump_options}) + "\n")
+
+
+def write_text(path: str, text: str, only_if_changed: bool = False) -> bool:
+  """Writes `text` atomically through a temp file of this process's own (two
+  processes writing one file never share a temp). only_if_changed: leaves a
+  file that already holds `text` untouched. Returns whether it wrote."""
+  if only_if_changed and os.path.exists(path):
+    with open(path, encoding="utf-8", newline="") as f:
+      if f.read() == text:
+        return False
+  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
   try:
-    with open(tmp, "w") as f:
-      json.dump(record, f, **{"indent": 1, **dump_options})
-      f.write("\n")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+      f.write(text)
     os.replace(tmp, path)
   except OSError:  # A full disk, say: the old file stays, and no half-written temp.
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+  return True
 
 
 def _parse_rows(path: str) -> Tuple[List[Tuple[dict, str]], List[Tuple[int, str]]]:
@@ -123,6 +134,7 @@ class EventFile:
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
     self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    self._session_log, self._start = event_pb2.SessionLog, event_pb2.SessionLog.START
     os.makedirs(logdir, exist_ok=True)
     name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
     self._file = open(os.path.join(logdir, name), "ab")  # pylint: disable=consider-using-with
@@ -138,6 +150,20 @@ class EventFile:
                                    for tag, value in values.items()])
     self._write(self._event(step=step, summary=summary))
 
+  def restart(self, step: int) -> None:
+    """Marks a resume at `step`: TensorBoard drops this run's points from
+    earlier files past it (a killed run logged them before its checkpoint)."""
+    if step > 0:
+      self._write(self._event(step=step, session_log=self._session_log(status=self._start)))
+
+  def hparams(self, values: Mapping[str, object], trial_id: str = "") -> None:
+    """HParams plugin data: TensorBoard's HParams tab lists the run with these
+    values, next to the last value of each of its scalars."""
+    from tensorboard.plugins.hparams import summary_v2  # pylint: disable=g-import-not-at-top
+    clean = {k: (v if isinstance(v, (bool, int, float, str)) else json.dumps(v))
+             for k, v in values.items() if v is not None}
+    self._write(self._event(summary=summary_v2.hparams_pb(clean, trial_id=trial_id or None)))
+
   def flush(self) -> None:
     self._file.flush()
 
@@ -148,7 +174,8 @@ class EventFile:
 class MetricsWriter:
   """Writes rows to metrics.jsonl and scalars to TensorBoard (process 0 only)."""
 
-  def __init__(self, workdir: str, resume_step: int, tensorboard: bool = True):
+  def __init__(self, workdir: str, resume_step: int, tensorboard: bool = True,
+               hparams: Optional[Mapping[str, object]] = None):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
@@ -156,6 +183,9 @@ class MetricsWriter:
       _truncate_jsonl(self.path, resume_step)
       if tensorboard:
         self._tb = EventFile(os.path.join(workdir, "tensorboard"))
+        self._tb.restart(resume_step)
+        if hparams:
+          self._tb.hparams(hparams)
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -214,6 +244,10 @@ class Progress:
     self._timed_steps += step - self._mark_step
     self._timed_seconds += seconds
     return (step - self._mark_step) / max(seconds, 1e-9)
+
+  def average_rate(self) -> float:
+    """Steps/s over all timed training so far (NaN before any)."""
+    return self._timed_steps / self._timed_seconds if self._timed_seconds > 0 else math.nan
 
   def line(self, step: int, metrics: Mapping[str, float]) -> str:
     pct = 100.0 * step / self.total_steps

@@ -20,7 +20,8 @@ Row = Dict[str, object]
 # ------------------------------------------------------------------ rows
 
 
-def _parse(value: str):
+def parse_value(value: str):
+  """A CSV cell: int, float, or the text itself."""
   if value == "":
     return value
   try:
@@ -35,7 +36,9 @@ def read_rows(path: str) -> List[Row]:
   if not os.path.exists(path):
     return []
   with open(path, newline="") as f:
-    return [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    # run_id is a name (a hash of the run's config), never a number.
+    return [{k: (v if k == "run_id" else parse_value(v)) for k, v in r.items()}
+            for r in csv.DictReader(f)]
 
 
 def write_rows(path: str, rows: Sequence[Row], fields: Sequence[str]) -> None:
@@ -167,7 +170,7 @@ class Report:
     return self
 
   def write(self, path: str) -> None:
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
       f.write("\n".join(self.parts))
     os.replace(tmp, path)

@@ -27,17 +27,18 @@ Every eval writes one tidy row per run to results.csv; rerunning skips runs
 that already finished.
 """
 
+import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import logging
-import os
-import time
-from typing import Dict, List, Sequence, Tuple
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
 
-from vgg_jax import config_validation, preemption
+from vgg_jax import config_validation
 from vgg_jax.errors import ConfigError
 from vgg_jax.training.program import INJECTED_KEYS
 
@@ -52,8 +53,6 @@ logger = logging.getLogger(__name__)
 CPU_VMAP_MAX_FLOPS = 1.2e8
 # Values the members of one program may differ in (the rest changes the program).
 VMAPPED = INJECTED_KEYS
-RESULTS_FILE = "results.csv"
-PROBES_FILE = "probes.csv"
 Run = Dict[str, object]
 
 
@@ -132,74 +131,141 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Run):
   return config
 
 
+# ------------------------------------------------------------ run identity
+
+
+def run_identity(config: ml_collections.ConfigDict, swept: Sequence[str] = ()) -> str:
+  """A run's id: a hash of its resolved config, leaving out what a rerun may
+  change and still resume (length, cadence, devices, where the data lives),
+  unless the sweep varies it (`swept`: a sweep over num_epochs has one run
+  per length)."""
+  from vgg_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  flat = workdir_lib.flat_config(config)
+  kept = {k: v for k, v in flat.items()
+          if (k not in workdir_lib.RESUMABLE_CHANGES or k in swept) and k != "sweep"}
+  return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_name(overrides: Run, keys: Sequence[str]) -> str:
+  """What was swept, as a directory name: `learning_rate=0.03,seed=1` (a key's
+  last part, unless two swept keys share it)."""
+  last = [k.rsplit(".", 1)[-1] for k in keys]
+  short = {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+  parts = []
+  for k, v in overrides.items():
+    text = repr(v) if isinstance(v, float) else json.dumps(v, separators=(",", ":"))
+    parts.append(f"{short.get(k, k)}={text.strip(chr(34))}")
+  name = re.sub(r"[^\w.,=+\-\[\]:]", "_", ",".join(parts)) or "base"
+  return name if len(name) <= 120 else name[:100] + "~" + hashlib.sha256(
+      name.encode()).hexdigest()[:8]
+
+
+@dataclasses.dataclass
+class PlannedRun:
+  """One run of the list: its identity, directory name and shard."""
+  run_id: str
+  name: str
+  overrides: Run
+  config: ml_collections.ConfigDict
+  shard: str
+
+  def as_dict(self) -> Dict:
+    return {"run_id": self.run_id, "name": self.name, "overrides": self.overrides,
+            "shard": self.shard}
+
+
+def plan(config: ml_collections.ConfigDict, workdir: str, count: int = 1) -> List[PlannedRun]:
+  """config.sweep's runs, one per distinct config (a point listed twice is
+  one run), each with its shard (position i in the list: shard i % count)."""
+  from vgg_jax.training import sweep_record  # pylint: disable=g-import-not-at-top
+  runs = runs_from_config(config)
+  if not runs:
+    raise ConfigError("sweep", config.sweep, "a non-empty list of runs")
+  keys = list(dict.fromkeys(k for r in runs for k in r))
+  existing = sweep_record.existing_runs(workdir)
+  taken = {info["name"]: run_id for run_id, info in existing.items()}
+  planned, seen = [], set()
+  for overrides in runs:
+    run_config = apply_overrides(config, overrides)
+    run_id = run_identity(run_config, list(overrides))
+    if run_id in seen:
+      continue
+    seen.add(run_id)
+    name = existing.get(run_id, {}).get("name") or run_name(overrides, keys)
+    if taken.get(name, run_id) != run_id:  # Another config holds the name.
+      name = f"{name}-{run_id[:6]}"
+    taken[name] = run_id
+    index = len(planned)
+    planned.append(PlannedRun(run_id, name, overrides, run_config, f"{index % count}/{count}"))
+  return planned
+
+
 # ---------------------------------------------------------------- running
 
 
-def _group_key(overrides: Run) -> Tuple:
-  return tuple(sorted((k, json.dumps(v)) for k, v in overrides.items() if k not in VMAPPED))
+def _group_key(config: ml_collections.ConfigDict) -> str:
+  """Runs whose configs differ only in VMAPPED values share one program."""
+  from vgg_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  flat = workdir_lib.flat_config(config)
+  return json.dumps({k: v for k, v in flat.items() if k not in VMAPPED and k != "sweep"},
+                    sort_keys=True)
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1",
               probe=None) -> List[Dict]:
-  """Runs this shard's part of config.sweep; returns one result dict per run trained.
+  """Trains this shard's runs of config.sweep that are not finished in
+  workdir; returns one result dict per run trained.
+
+  Runs are matched to the workdir by their config (run_identity), never by
+  their position: finished runs are skipped, partial ones resume from their
+  group's checkpoint, new ones train. A workdir of another base config is
+  refused before anything is written.
 
   `probe(state, images, labels, head) -> {name: scalar}`, if given, is
   measured per model on a fixed batch of training examples at step 0 and at
   every eval, into probes.csv (e.g. per-layer gradient norms).
   """
-  from vgg_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  runs = runs_from_config(config)
+  from vgg_jax.training import sweep_record, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   index, count = parse_shard(shard)
-  mine = [(i, r) for i, r in enumerate(runs) if i % count == index]
-  configs = {i: apply_overrides(config, r) for i, r in mine}
-  for c in configs.values():  # Every run's config is checked before anything runs.
-    config_validation.validate(c)
+  planned = plan(config, workdir, count)
+  for p in planned:  # Every run's config is checked before anything runs.
+    config_validation.validate(p.config)
+  workdir_lib.check_workdir_config(config, workdir)
   import jax  # pylint: disable=g-import-not-at-top
-  if os.path.isdir(workdir):
-    workdir_lib.check_layout(workdir)
-  suffix = ".csv" if count == 1 else f"-shard{index}of{count}.csv"
-  # Shards of one sweep share the workdir; each shard has its own lock.
+  tag = "" if count == 1 else f"-shard{index}of{count}"
+  # Shards of one sweep share the workdir; each shard has its own lock, and
+  # each group locks its runs' directories while it trains them.
   with workdir_lib.locked(workdir, primary=jax.process_index() == 0,
-                          name=workdir_lib.LOCK_FILE + suffix.replace(".csv", "")):
-    return _run_shard(workdir, runs, mine, configs, shard, suffix, probe)
+                          name=workdir_lib.LOCK_FILE + tag):
+    if jax.process_index() == 0:
+      workdir_lib.write_config(config, workdir)
+    mine = [p for p in planned if p.shard == f"{index}/{count}"]
+    for p in mine:
+      sweep_record.RunRecord(workdir, p.name, p.run_id).create(
+          p.overrides, workdir_lib.flat_config(p.config))
+    sweep_record.write_merged(workdir, [p.as_dict() for p in planned])
+    from vgg_jax.training import sweep_group  # pylint: disable=g-import-not-at-top
+    return sweep_group.run_planned(workdir, planned, mine, shard, probe, _load_once)
 
 
-def _run_shard(workdir, runs, mine, configs, shard, suffix, probe) -> List[Dict]:
-  from vgg_jax.training import engine, sweep_group  # pylint: disable=g-import-not-at-top
-  keys = sorted({k for r in runs for k in r})
-  writer = sweep_group.ResultsWriter(os.path.join(workdir, RESULTS_FILE.replace(".csv", suffix)),
-                                     keys)
-  probe_writer = None if probe is None else sweep_group.ResultsWriter(
-      os.path.join(workdir, PROBES_FILE.replace(".csv", suffix)), keys,
-      fields=sweep_group.ResultsWriter.PROBE_FIELDS)
-  finished = writer.finished_runs()  # run id -> done or diverged
-  status = sweep_group.SweepStatus(workdir, [i for i, _ in mine], finished)
-  groups: Dict[Tuple, List] = {}
-  for i, r in mine:
-    groups.setdefault(_group_key(r), []).append(
-        engine.Member(configs[i], run_id=i, overrides=r))
-  logger.info("sweep: %d runs, %d in shard %s, %d already finished", len(runs), len(mine),
-              shard, len(set(configs) & set(finished)))
-  results, start, datasets = [], time.time(), {}
-  with preemption.guard() as signalled:
-    for members in groups.values():
-      group_config = members[0].config
-      dataset = _load_once(datasets, group_config)
-      k = vmap_size(group_config, dataset.info, len(members), dataset.num_train)
-      for first in range(0, len(members), k):
-        part = members[first:first + k]
-        # A program all of whose runs are unfinished resumes from its checkpoint;
-        # where some finished, the others train again as a program of their own.
-        part = [m for m in part if m.run_id not in finished]
-        if not part:
-          continue
-        if preemption.agreed(signalled.requested):
-          raise preemption.Preempted(None, workdir, signalled.signal_name or "a peer's signal")
-        outputs = sweep_group.GroupOutputs(workdir, part, writer, status, start, probe,
-                                           probe_writer)
-        results += sweep_group.train_group(group_config, dataset, part, outputs)
-  status.write()
-  return results
+def results(workdir: str) -> List[Dict]:
+  """Every row of every run in a sweep's workdir (all shards, finished or
+  not), numbers parsed, swept values as columns: the merged results.csv,
+  read fresh from the runs' own files."""
+  from vgg_jax import report  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import sweep_record  # pylint: disable=g-import-not-at-top
+  return [{k: (v if k == "run_id" else report.parse_value(v)) for k, v in r.items()}
+          for r in sweep_record.merged(workdir)["rows"]]
+
+
+def status(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Dict:
+  """The merged status: {"status": ..., "runs": {run_id: {name, status, step,
+  params_sha256, shard}}}; with `config`, its list's runs not yet started are
+  listed as pending and decide the overall status."""
+  from vgg_jax.training import sweep_record  # pylint: disable=g-import-not-at-top
+  planned = [p.as_dict() for p in plan(config, workdir)] if config is not None else []
+  view = sweep_record.merged(workdir, planned)
+  return {"status": view["status"], "runs": view["runs"]}
 
 
 def _load_once(datasets: Dict, config):

@@ -31,9 +31,10 @@ def test_vmapped_models_equal_separate_runs(tmp_path):
   config.sweep = sweep.to_config(runs)
   results = sweep.run_sweep(config, str(tmp_path / "sweep"))
   assert len(results) == 4
-  for r in results:
-    single = sweep.apply_overrides(config, runs[r["run_id"]])
-    alone = train.train_and_evaluate(single, str(tmp_path / f"alone{r['run_id']}"))
+  for i, (run, r) in enumerate(zip(runs, results)):
+    assert r["optimizer.learning_rate"] == run["optimizer.learning_rate"] and r["seed"] == run["seed"]
+    single = sweep.apply_overrides(config, run)
+    alone = train.train_and_evaluate(single, str(tmp_path / f"alone{i}"))
     assert r["test_loss"] == pytest.approx(alone["loss"], rel=1e-4)
     assert r["test_accuracy"] == pytest.approx(alone["accuracy"], abs=1e-6)
   # Different seeds and rates really are different models.
@@ -49,9 +50,9 @@ def test_one_model_at_a_time_uses_each_runs_own_seed(tmp_path):
   config.sweep_vmap_size = 1
   runs = sweep.axis("seed", [0, 1, 2])
   config.sweep = sweep.to_config(runs)
-  sweep.run_sweep(config, str(tmp_path / "sweep"))
+  results = sweep.run_sweep(config, str(tmp_path / "sweep"))
   status = json.loads((tmp_path / "sweep" / "status.json").read_text())
-  hashes = {int(i): r["params_sha256"] for i, r in status["runs"].items()}
+  hashes = [status["runs"][r["run_id"]]["params_sha256"] for r in results]
   for i, r in enumerate(runs):
     single = sweep.apply_overrides(config, r)
     train.train_and_evaluate(single, str(tmp_path / f"alone{i}"))
@@ -78,10 +79,9 @@ def test_members_with_one_seed_share_one_batch_and_equal_separate_runs(tmp_path,
   config.sweep = sweep.to_config(sweep.axis("optimizer.learning_rate", rates))
   results = sweep.run_sweep(config, str(tmp_path / "sweep"))
   assert ranks and set(ranks) == {1}
-  for r in results:
-    single = sweep.apply_overrides(config, {"optimizer.learning_rate": rates[r["run_id"]]})
-    single.sweep = ""
-    alone = train.train_and_evaluate(single, str(tmp_path / f"alone{r['run_id']}"))
+  for i, (rate, r) in enumerate(zip(rates, results)):
+    single = sweep.apply_overrides(config, {"optimizer.learning_rate": rate})
+    alone = train.train_and_evaluate(single, str(tmp_path / f"alone{i}"))
     assert r["test_loss"] == pytest.approx(alone["loss"], rel=1e-5)
   assert len({round(r["test_loss"], 6) for r in results}) == 3
 
@@ -90,7 +90,7 @@ def test_diverged_member_is_frozen_and_siblings_are_untouched(tmp_path):
   config = tiny_config()
   config.optimizer.name = "sgd"
   config.sweep = sweep.to_config(sweep.axis("optimizer.learning_rate", [0.05, 1e12]))
-  results = {r["run_id"]: r for r in sweep.run_sweep(config, str(tmp_path / "s"))}
+  results = sweep.run_sweep(config, str(tmp_path / "s"))
   assert results[1]["status"] == "diverged" and results[0]["status"] == "done"
   config.sweep, config.optimizer.learning_rate = "", 0.05
   alone = train.train_and_evaluate(config, str(tmp_path / "alone"))
@@ -102,7 +102,7 @@ def test_shape_changing_axes_become_separate_groups(tmp_path):
   config.sweep = sweep.to_config(sweep.product(sweep.axis("model.hidden_sizes", [[8], [16, 16]]),
                                                sweep.axis("seed", [0, 1])))
   results = sweep.run_sweep(config, str(tmp_path))
-  assert sorted(r["run_id"] for r in results) == [0, 1, 2, 3]
+  assert len({r["run_id"] for r in results}) == 4
   rows = read_csv(os.path.join(tmp_path, "results.csv"))
   assert {r["model.hidden_sizes"] for r in rows} == {"[8]", "[16, 16]"}
 

@@ -31,10 +31,14 @@ EVAL_SPLITS = ("train_eval", "validation", "test")
 
 @dataclasses.dataclass
 class Member:
-  """One run of a group: its config (the group's plus its injected values)."""
+  """One run of a group: its config (the group's plus its injected values);
+  in a sweep, its id, overrides, directory name, shard and HParams."""
   config: ml_collections.ConfigDict
-  run_id: Optional[int] = None
+  run_id: Optional[str] = None
   overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  name: str = ""
+  shard: str = "0/1"
+  hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def crossed(every: int, before: int, after: int) -> bool:

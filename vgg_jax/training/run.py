@@ -47,7 +47,8 @@ class RunOutputs:
   def restore(self, start_step: int, snapshot, schedule, state):
     self.total_steps = schedule.total_steps
     metrics.write_status(self.workdir, "running", step=start_step, total_steps=self.total_steps)
-    self.writer = metrics.MetricsWriter(self.workdir, resume_step=start_step)
+    self.writer = metrics.MetricsWriter(self.workdir, resume_step=start_step,
+                                        hparams=hparams(self.config))
     self.progress = metrics.Progress(self.total_steps)
     self.train_rate = math.nan
     rows = TrainRows(last_logged=start_step - len(snapshot.get("steps", [])), snapshot=snapshot)
@@ -102,6 +103,20 @@ class RunOutputs:
     metrics.write_status(self.workdir, "done", step=step, test_accuracy=final["accuracy"],
                          test_loss=final["loss"], params_sha256=params_fingerprint(state.params))
     return final
+
+
+# A single run's HParams: what most often differs between runs compared in
+# TensorBoard, plus every key whose value is not vgg_jax's default.
+HPARAMS = ("model.name", "dataset.name", "optimizer.name", "optimizer.learning_rate",
+           "batch_size", "num_epochs", "seed")
+
+
+def hparams(config: ml_collections.ConfigDict) -> Dict:
+  from vgg_jax import config_lib  # pylint: disable=g-import-not-at-top
+  flat = workdir_lib.flat_config(config)
+  default = workdir_lib.flat_config(config_lib.base_config())
+  return {k: v for k, v in flat.items()
+          if k in HPARAMS or (k in default and v != default[k] and k != "sweep")}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:

@@ -4,6 +4,7 @@ process per workdir."""
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -35,11 +36,16 @@ def _flatten(tree, prefix=""):
   return {prefix[:-1]: tree}
 
 
+def flat_config(config: ml_collections.ConfigDict) -> dict:
+  """{dotted key: value} of a config, as its config.json holds it."""
+  return _flatten(json.loads(config.to_json_best_effort()))
+
+
 MODEL_INFO_FILE = "model_info.json"
 
 # What a workdir holds, and whether each is a directory: a name of the wrong
 # kind (a file where checkpoints/ should be, say) is refused before training.
-LAYOUT = {"checkpoints": True, "corrupt_checkpoints": True, "tensorboard": True,
+LAYOUT = {"checkpoints": True, "corrupt_checkpoints": True, "tensorboard": True, "runs": True,
           "config.json": False, metrics.METRICS_FILE: False, metrics.STATUS_FILE: False,
           MODEL_INFO_FILE: False}
 
@@ -56,11 +62,18 @@ def check_layout(workdir: str) -> None:
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses (before writing anything) to resume a workdir of a different
-  config, or one whose layout is broken."""
+  config, or one whose layout is broken. A sweep's workdir (config.json with a
+  sweep list) compares the base config only: the list may change."""
   if os.path.isdir(workdir):
     check_layout(workdir)
   path = os.path.join(workdir, "config.json")
+  is_sweep = bool(config.get("sweep"))
   if not os.path.exists(path):
+    if is_sweep and os.path.exists(os.path.join(workdir, metrics.METRICS_FILE)):
+      raise UserError(f"{workdir} holds a single run, not a sweep; use a new --workdir")
+    if is_sweep and os.path.exists(os.path.join(workdir, "results.csv")):
+      raise UserError(f"{workdir} holds a sweep written by an older vgg_jax (no config.json), "
+                      "whose runs cannot be matched to this config; use a new --workdir")
     return
   try:
     with open(path) as f:
@@ -71,19 +84,26 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
   except (OSError, ValueError):
     raise ConfigError("--workdir", workdir, "a fresh directory, or one written by this "
                       f"config ({path} is unreadable)") from None
-  new = _flatten(json.loads(config.to_json_best_effort()))
+  if bool(old.get("sweep")) != is_sweep:
+    raise UserError(f"{workdir} holds a {'sweep' if old.get('sweep') else 'single run'}, "
+                    f"and this config is a {'sweep' if is_sweep else 'single run'}; use a new "
+                    "--workdir")
+  new = flat_config(config)
+  ignored = RESUMABLE_CHANGES + (("sweep",) if is_sweep else ())
   differ = sorted(k for k in set(old) | set(new)
-                  if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+                  if old.get(k) != new.get(k) and k not in ignored)
   if differ:
     shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:4])
     more = f"; and {len(differ) - 4} more" if len(differ) > 4 else ""
-    raise UserError(f"{workdir} holds a run of a different config ({shown}{more}); "
-                    "use a new --workdir, or the old values to resume it")
+    what = "a sweep of a different base config" if is_sweep else "a run of a different config"
+    raise UserError(f"{workdir} holds {what} ({shown}{more}); use a new --workdir, or the old "
+                    "values to resume it")
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  metrics.write_json(os.path.join(workdir, "config.json"),
-                     json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
+  """workdir/config.json (left untouched when it already says the same)."""
+  text = json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True) + "\n"
+  metrics.write_text(os.path.join(workdir, "config.json"), text, only_if_changed=True)
 
 
 
@@ -96,6 +116,10 @@ def write_model_info(config, info, workdir: str) -> None:
 
 
 LOCK_FILE = ".lock"
+# Set to 1 on a filesystem without file locks (NFS without a lock daemon):
+# runs then take no lock, and nothing stops two processes sharing a workdir.
+NO_LOCK_ENV = "VGG_JAX_NO_LOCK"
+_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN)
 _held: Set[str] = set()  # Realpaths of the locks this process holds: nested calls reuse them.
 
 
@@ -115,7 +139,7 @@ def locked(workdir: str, primary: bool = True, name: str = LOCK_FILE) -> Iterato
   workdir this call created is removed again if the body fails before
   anything but the lock was written in it.
   """
-  if not primary:
+  if not primary or _locks_off():
     yield
     return
   if not workdir:
@@ -137,13 +161,16 @@ def locked(workdir: str, primary: bool = True, name: str = LOCK_FILE) -> Iterato
   except OSError as e:
     raise UserError(f"cannot write in --workdir={workdir}: {path}: {e.strerror}") from None
   try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
+    flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except WorkdirBusyError:
     f.seek(0)
-    holder = f.read().strip() or "another process"
+    holder = f.readline().strip() or "another process"
     f.close()
     raise WorkdirBusyError(f"{workdir} is in use by {holder}; wait for it to finish, or use "
                            "another --workdir") from None
+  except BaseException:
+    f.close()
+    raise
   f.seek(0)
   f.truncate()
   started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -162,3 +189,36 @@ def locked(workdir: str, primary: bool = True, name: str = LOCK_FILE) -> Iterato
   finally:
     _held.discard(key)
     f.close()  # Releases the lock.
+
+
+def _locks_off() -> bool:
+  return os.environ.get(NO_LOCK_ENV, "") not in ("", "0")
+
+
+def flock(f, operation: int) -> None:
+  """fcntl.flock, where only EWOULDBLOCK/EAGAIN mean "another process holds
+  it" (WorkdirBusyError); any other error (ENOLCK on NFS without a lock daemon,
+  say) is one line saying the filesystem takes no locks, and what to do."""
+  try:
+    fcntl.flock(f, operation)
+  except OSError as e:
+    if e.errno in _BUSY:
+      raise WorkdirBusyError("busy") from None
+    raise UserError(
+        f"cannot lock {f.name}: {e.strerror or e} (errno {e.errno}); this filesystem does not "
+        f"support file locks. Use a workdir on a local or lock-capable filesystem, or set "
+        f"{NO_LOCK_ENV}=1 to run without locks (then make sure that no two processes use "
+        "one workdir, or one sweep shard, at the same time)") from None
+
+
+@contextlib.contextmanager
+def merge_lock(workdir: str) -> Iterator[None]:
+  """A short blocking lock around writes of a file several processes share
+  (a sweep's merged status.json and results.csv): one writer at a time, so
+  the last write holds everything the others wrote."""
+  if _locks_off():
+    yield
+    return
+  with open(os.path.join(workdir, ".merge.lock"), "a+") as f:
+    flock(f, fcntl.LOCK_EX)
+    yield
