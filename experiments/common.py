@@ -155,7 +155,7 @@ class Experiment:
     last_log = 0.0
     with preemption.guard() as signalled:
       while True:
-        status = sweep.status(phase_dir, config)
+        status = sweep.status(phase_dir, config, sweep.parse_shard(self.shard)[1])
         waiting = [r for i, r in status["runs"].items() if i in self.run_ids[phase]
                    and r["status"] not in ("done", "diverged")]
         if not waiting:
@@ -222,6 +222,16 @@ class Experiment:
              + "\n```\n</details>")
 
 
+def _remove_if_unused(workdir: str) -> None:
+  """Removes a workdir this command created if it holds nothing but the
+  setup record and empty directories (a run refused before training)."""
+  for root, dirs, files in os.walk(workdir):
+    if [f for f in files if not (root == workdir and f == EXPERIMENT_FILE)]:
+      return
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(workdir, ignore_errors=True)
+
+
 def dataset_note(train_config: ml_collections.ConfigDict) -> str:
   ds = train_config.dataset
   subset = (f", {ds.num_train_examples} training examples" if ds.num_train_examples > 0
@@ -242,6 +252,7 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
     config = config_for_mode(get_config, FLAGS.mode)
     exp = Experiment(name, FLAGS.workdir, FLAGS.mode, config, FLAGS.sweep_shard)
     start = time.time()
+    created = bool(FLAGS.workdir) and not os.path.exists(FLAGS.workdir)
     try:
       from vgg_jax import compile_cache, config_validation, sweep  # pylint: disable=g-import-not-at-top
       sweep.parse_shard(FLAGS.sweep_shard)
@@ -262,6 +273,8 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
     except preemption.Preempted as e:  # Rerunning resumes from the checkpoints.
       cli.fail(str(e), code=preemption.EXIT_CODE, prog=name)
     except UserError as e:
+      if created:
+        _remove_if_unused(FLAGS.workdir)
       cli.fail(str(e), prog=name)
     except Exception as e:  # pylint: disable=broad-except
       if errors.is_disk_full(e):

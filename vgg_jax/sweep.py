@@ -237,15 +237,19 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1
   # each group locks its runs' directories while it trains them.
   with workdir_lib.locked(workdir, primary=jax.process_index() == 0,
                           name=workdir_lib.LOCK_FILE + tag):
-    if jax.process_index() == 0:
-      workdir_lib.write_config(config, workdir)
     mine = [p for p in planned if p.shard == f"{index}/{count}"]
-    for p in mine:
-      sweep_record.RunRecord(workdir, p.name, p.run_id).create(
-          p.overrides, workdir_lib.flat_config(p.config))
-    sweep_record.write_merged(workdir, [p.as_dict() for p in planned])
+
+    def begin():
+      """The sweep's first writes, once its data loaded and its plan holds."""
+      if jax.process_index() == 0:
+        workdir_lib.write_config(config, workdir)
+      for p in mine:
+        sweep_record.RunRecord(workdir, p.name, p.run_id).create(
+            p.overrides, workdir_lib.flat_config(p.config))
+      sweep_record.write_merged(workdir, [p.as_dict() for p in planned])
+
     from vgg_jax.training import sweep_group  # pylint: disable=g-import-not-at-top
-    return sweep_group.run_planned(workdir, planned, mine, shard, probe, _load_once)
+    return sweep_group.run_planned(workdir, planned, mine, shard, probe, _load_once, begin)
 
 
 def results(workdir: str) -> List[Dict]:
@@ -254,16 +258,19 @@ def results(workdir: str) -> List[Dict]:
   read fresh from the runs' own files."""
   from vgg_jax import report  # pylint: disable=g-import-not-at-top
   from vgg_jax.training import sweep_record  # pylint: disable=g-import-not-at-top
-  return [{k: (v if k == "run_id" else report.parse_value(v)) for k, v in r.items()}
+  return [{k: (report.parse_value(v) if isinstance(v, str) and k != "run_id" else v)
+           for k, v in r.items()}
           for r in sweep_record.merged(workdir)["rows"]]
 
 
-def status(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Dict:
+def status(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
+           shards: int = 1) -> Dict:
   """The merged status: {"status": ..., "runs": {run_id: {name, status, step,
-  params_sha256, shard}}}; with `config`, its list's runs not yet started are
-  listed as pending and decide the overall status."""
+  params_sha256, shard, group}}}; with `config`, its list's runs not yet
+  started are listed as pending (with their shard of `shards`) and decide
+  the overall status."""
   from vgg_jax.training import sweep_record  # pylint: disable=g-import-not-at-top
-  planned = [p.as_dict() for p in plan(config, workdir)] if config is not None else []
+  planned = [p.as_dict() for p in plan(config, workdir, shards)] if config is not None else []
   view = sweep_record.merged(workdir, planned)
   return {"status": view["status"], "runs": view["runs"]}
 

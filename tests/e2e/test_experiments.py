@@ -6,15 +6,15 @@ smoke run (digits, a few steps) mean nothing. The readings (the statistics a
 report's verdict comes from) are tested in tests/unit/test_experiment_readings.py.
 """
 
-import csv
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
-from conftest import built_once, read_csv, run_experiment
+from conftest import REPO, built_once, read_csv, run_experiment, subprocess_env
 
 EXPERIMENTS = {
     "learning_rate": ["loss_curves.png", "final_loss_vs_lr.png"],
@@ -83,27 +83,75 @@ def test_rerun_trains_nothing_and_rewrites_the_same_report(learning_rate_smoke, 
     assert (tmp_path / f).read_bytes() == data, f
 
 
-def test_interrupted_experiment_trains_only_the_missing_runs(learning_rate_smoke, tmp_path):
-  """A run lost mid-experiment (its rows dropped as unfinished) is retrained alone."""
+def test_a_lost_run_is_retrained_alone(learning_rate_smoke, tmp_path):
+  """A run whose directory is gone (lost mid-experiment) is retrained alone,
+  by its config; the others are kept."""
   tmp_path = tmp_path / "exp"
   shutil.copytree(learning_rate_smoke[0], tmp_path)
-  phase_csv = tmp_path / "runs" / "sgd" / "results.csv"
-  rows = read_csv(phase_csv)
-  kept = [r for r in rows if r["run_id"] != "1" or r["step"] != rows[-1]["step"]]
-  with open(phase_csv, "w", newline="") as f:  # Run 1 never reached its last eval.
-    out = csv.DictWriter(f, fieldnames=list(rows[0]))
-    out.writeheader()
-    out.writerows(kept)
+  phase = tmp_path / "runs" / "sgd"
+  rows = read_csv(phase / "results.csv")
+  lost = sorted(os.listdir(phase / "runs"))[1]
+  shutil.rmtree(phase / "runs" / lost)
   again = run_experiment("learning_rate", tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "1 runs trained this time" in again.stdout
   def by_key(rows):
     return {(r["run_id"], r["step"], r["split"]): float(r["loss"]) for r in rows}
 
-  old, new = by_key(rows), by_key(read_csv(phase_csv))
+  old, new = by_key(rows), by_key(read_csv(phase / "results.csv"))
   assert old.keys() == new.keys()
-  for key, loss in old.items():  # Run 1 retrained alone (K=1), not vmapped with K=3.
+  for key, loss in old.items():  # The lost run retrained alone (K=1), not vmapped with K=3.
     assert new[key] == pytest.approx(loss, rel=1e-4, nan_ok=True), key
+
+
+def test_a_rerun_with_another_setup_is_refused_and_reports_nothing(learning_rate_smoke,
+                                                                   tmp_path):
+  tmp_path = tmp_path / "exp"
+  shutil.copytree(learning_rate_smoke[0], tmp_path)
+  before = {f: (tmp_path / f).read_bytes() for f in ("report.md", "results.csv")}
+  for args, named in ((["--dataset=synthetic"], "dataset: '' there, 'synthetic' here"),
+                      (["--config.seeds=(0,1)"], "config.seeds")):
+    again = run_experiment("learning_rate", tmp_path, *args)
+    assert again.returncode == 2, again.stderr[-3000:]
+    [line] = [l for l in again.stderr.splitlines() if "holds this experiment" in l]
+    assert named in line and "use a new --workdir" in line
+    assert "Traceback" not in again.stderr
+  assert {f: (tmp_path / f).read_bytes() for f in before} == before
+
+
+def test_shards_of_an_experiment_wait_for_each_other_and_shard_0_reports(learning_rate_smoke,
+                                                                         tmp_path):
+  """Shard 1 of 2 starts alone: it trains its run, then waits for shard 0's
+  (saying so); shard 0 trains the other two and writes the report, whose
+  table equals the unsharded one's."""
+  common = [sys.executable, "-m", "experiments.learning_rate", "--mode=smoke",
+            f"--workdir={tmp_path / 'exp'}"]
+  env = subprocess_env(VGG_JAX_KILL_AT="")
+  one = subprocess.Popen(common + ["--sweep_shard=1/2"], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  waited = ""
+  for line in one.stderr:  # Shard 1's own run first, then the wait.
+    waited += line
+    if "waits for shard" in line:
+      break
+  assert "phase sgd waits for shard 0/2: 2 run(s) not finished" in waited, waited
+  zero = subprocess.run(common + ["--sweep_shard=0/2"], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
+  out, err = one.communicate(timeout=300)
+  assert zero.returncode == 0 and one.returncode == 0, (zero.stderr[-3000:], err[-3000:])
+  assert "shard 0 writes the report" in out and "2 runs trained this time" in zero.stdout
+  assert "## Reading" in (tmp_path / "exp" / "report.md").read_text()
+
+  def table(path):
+    cells = re.findall(r"-?\d+\.\d+|\bnan\b|\w+", path.read_text())
+    return [float(c) if re.match(r"-?\d+\.\d+|nan", c) else c for c in cells]
+
+  sharded, whole = table(tmp_path / "exp" / "summary.md"), table(learning_rate_smoke[0] /
+                                                                 "summary.md")
+  assert len(sharded) == len(whole)
+  for a, b in zip(sharded, whole):
+    assert a == pytest.approx(b, rel=1e-3, abs=1e-3, nan_ok=True) if isinstance(b, float) else (
+        a == b)
 
 
 def test_a_config_override_reaches_the_experiment(tmp_path):

@@ -5,6 +5,7 @@ Sweeps in process: tests/unit/test_sweep.py. Resume: test_resume.py.
 """
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -12,23 +13,34 @@ import pytest
 from conftest import final_rows, read_csv, run_cli
 
 
-def test_digits_sweep_24_runs_and_two_shards_cover_them(tmp_path):
+def test_digits_sweep_24_runs_its_progress_and_sequential_shards(tmp_path):
   fast = ["--config=configs/sweep_digits.py", "--config.num_epochs=2"]
   full = run_cli(fast, tmp_path / "full")
   assert full.returncode == 0, full.stderr
-  assert "24 runs" in full.stdout
+  assert "24 runs trained" in full.stdout
+  # The progress line: group, runs done, best (and which) and median accuracy, diverged, ETA.
+  last = [l for l in full.stderr.splitlines() if "sweep group 1/1 step 40/40" in l][-1]
+  assert re.search(r"runs 24/24 done \| validation acc best 0\.\d+ \(learning_rate=[\d.]+,"
+                   r"seed=\d\) median 0\.\d+ \| \d+ diverged \| [\d.]+ steps/s \| ETA ", last), last
   all_runs = final_rows(read_csv(tmp_path / "full" / "results.csv"))
-  assert sorted(all_runs) == list(range(24))
+  assert len(all_runs) == 24
   keys = lambda r: (r["optimizer.learning_rate"], r["seed"])
   assert len({keys(r) for r in all_runs.values()}) == 24
-  shards = {}
-  for i in range(2):
+  before = {f: (tmp_path / "full" / f).read_bytes() for f in ("status.json", "results.csv")}
+  again = run_cli(fast, tmp_path / "full")  # A finished sweep: nothing to do, nothing changed.
+  assert again.returncode == 0 and "0 runs trained" in again.stdout, again.stderr
+  assert {f: (tmp_path / "full" / f).read_bytes() for f in before} == before
+  for i in range(2):  # Shards one after the other: the second adds to the first's record.
     proc = run_cli(fast + [f"--sweep_shard={i}/2"], tmp_path / "sharded")
     assert proc.returncode == 0, proc.stderr
-    shards[i] = final_rows(read_csv(tmp_path / "sharded" / f"results-shard{i}of2.csv"))
-  assert not set(shards[0]) & set(shards[1])
-  assert sorted(set(shards[0]) | set(shards[1])) == list(range(24))
-  for run_id, row in {**shards[0], **shards[1]}.items():
+    assert "12 runs trained" in proc.stdout
+  merged = json.loads((tmp_path / "sharded" / "status.json").read_text())
+  assert merged["status"] == "done" and len(merged["runs"]) == 24
+  assert all(r["status"] in ("done", "diverged") and r["params_sha256"]
+             for r in merged["runs"].values())
+  sharded = final_rows(read_csv(tmp_path / "sharded" / "results.csv"))
+  assert set(sharded) == set(all_runs)
+  for run_id, row in sharded.items():
     assert keys(row) == keys(all_runs[run_id])
     assert float(row["accuracy"]) == pytest.approx(float(all_runs[run_id]["accuracy"]), abs=1e-6)
 

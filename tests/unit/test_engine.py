@@ -18,18 +18,22 @@ def test_sweep_of_one_equals_the_single_run_bit_for_bit(tmp_path):
   [result] = sweep.run_sweep(config, str(tmp_path / "sweep"))
   status = json.load(open(tmp_path / "sweep" / metrics.STATUS_FILE))
   single = json.load(open(tmp_path / "alone" / metrics.STATUS_FILE))
-  assert status["status"] == "done" and status["runs"]["0"]["status"] == "done"
-  assert status["runs"]["0"]["params_sha256"] == single["params_sha256"]
+  run = status["runs"][result["run_id"]]
+  assert status["status"] == "done" and run["status"] == "done"
+  assert run["params_sha256"] == single["params_sha256"]
   assert result["test_loss"] == alone["loss"] and result["test_accuracy"] == alone["accuracy"]
 
 
 def test_vmapped_members_record_their_own_fingerprints(tmp_path):
   config = tiny_config()
   config.sweep = sweep.to_config(sweep.axis("seed", [0, 1]))
-  sweep.run_sweep(config, str(tmp_path))
+  first, second = sweep.run_sweep(config, str(tmp_path))
   runs = json.load(open(tmp_path / metrics.STATUS_FILE))["runs"]
   assert {r["status"] for r in runs.values()} == {"done"}
-  assert runs["0"]["params_sha256"] != runs["1"]["params_sha256"]
+  assert runs[first["run_id"]]["params_sha256"] != runs[second["run_id"]]["params_sha256"]
+  for result in (first, second):  # Each run's own status says the same.
+    own = json.load(open(tmp_path / "runs" / result["name"] / metrics.STATUS_FILE))
+    assert own["params_sha256"] == runs[result["run_id"]]["params_sha256"]
 
 
 def test_sweep_without_validation_and_test_only_at_the_end(tmp_path):

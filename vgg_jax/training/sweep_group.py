@@ -312,9 +312,10 @@ def metrics_progress(total_steps: int, train_seconds: float):
   return metrics.Progress(total_steps, train_seconds)
 
 
-def run_planned(workdir: str, planned, mine, shard: str, probe, load_once) -> List[Dict]:
+def run_planned(workdir: str, planned, mine, shard: str, probe, load_once, begin) -> List[Dict]:
   """Trains the runs of `mine` (this shard's) not finished in workdir, group
-  by group; `planned` is the whole list (for the merged view)."""
+  by group; `planned` is the whole list (for the merged view). begin() makes
+  the sweep's first writes, once the data are loaded and the plan holds."""
   from vgg_jax import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
   everything = [p.as_dict() for p in planned]
   groups: Dict[str, List] = {}
@@ -338,6 +339,7 @@ def run_planned(workdir: str, planned, mine, shard: str, probe, load_once) -> Li
   logger.info("sweep: %d runs, %d in shard %s, %d already finished, %d to train in %d "
               "program(s)", len(planned), len(mine), shard, len(finished),
               sum(len(p[2]) for p in programs), len(programs))
+  begin()
   progress = SweepProgress(len(mine), finished)
   for _, _, _, total in programs:
     progress.add_part(total)

@@ -151,15 +151,18 @@ def merged(workdir: str, planned: Sequence[Dict] = ()) -> Dict:
   the current list's runs, listed as pending until their directory exists;
   runs whose directories exist but are no longer listed stay in the view."""
   existing = existing_runs(workdir)
-  order = [p["run_id"] for p in planned] + [i for i in existing
-                                            if i not in {p["run_id"] for p in planned}]
   info = {p["run_id"]: p for p in planned}
-  runs, rows, probes, keys = {}, [], [], []
-  for run_id in order:
-    run = existing.get(run_id) or info[run_id]
-    for k in run.get("overrides", {}):
-      if k not in keys:
-        keys.append(k)
+  every = {**info, **existing}
+  keys = sorted({k for run in every.values() for k in run.get("overrides", {})})
+  swept = {}
+  for run_id, run in every.items():
+    values = run.get("config", {})
+    if not values and run_id in existing:
+      values = existing[run_id].get("config", {})
+    swept[run_id] = {k: run.get("overrides", {}).get(k, values.get(k, "")) for k in keys}
+  # Ordered by the swept values (numbers as numbers), whatever the list's order.
+  order = sorted(every, key=lambda i: ([_sortable(swept[i][k]) for k in keys], every[i]["name"]))
+  runs, rows, probes = {}, [], []
   for run_id in order:
     run = existing.get(run_id) or info[run_id]
     record = RunRecord(workdir, run["name"], run_id)
@@ -169,14 +172,17 @@ def merged(workdir: str, planned: Sequence[Dict] = ()) -> Dict:
     if "shard" not in entry and run_id in info and "shard" in info[run_id]:
       entry["shard"] = info[run_id]["shard"]
     runs[run_id] = entry
-    values = run.get("config", {})
-    swept = {k: run.get("overrides", {}).get(k, values.get(k, "")) for k in keys}
-    rows += [{"run_id": run_id, **swept, **r} for r in record.rows()]
-    probes += [{"run_id": run_id, **swept, **r} for r in record.rows(PROBES_FILE)]
+    rows += [{"run_id": run_id, **swept[run_id], **r} for r in record.rows()]
+    probes += [{"run_id": run_id, **swept[run_id], **r} for r in record.rows(PROBES_FILE)]
   current = [runs[p["run_id"]]["status"] for p in planned] or [r["status"] for r in runs.values()]
   overall = ("preempted" if "preempted" in current else
              "done" if all(s in FINISHED for s in current) else "running")
   return {"status": overall, "runs": runs, "rows": rows, "probes": probes, "keys": keys}
+
+
+def _sortable(value):
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  return (0, float(value), "") if number else (1, 0.0, json.dumps(value))
 
 
 def write_merged(workdir: str, planned: Sequence[Dict] = ()) -> Dict:
