@@ -134,6 +134,7 @@ class GroupOutputs:
     self.freezes = len(members) > 1  # vmapped: a diverged member keeps its last finite state.
     self.pending_train, self.pending_eval, self.last = {}, {}, {}
     self.status: Dict[str, Dict] = {}
+    self._unwritten = set()  # Members whose status changed since it was last written.
     self.lr = None
     self.wall_offset = 0.0
     self._merged_at = 0.0
@@ -151,15 +152,23 @@ class GroupOutputs:
   def _wall(self) -> float:
     return time.time() - self.sweep_start + self.wall_offset
 
-  def _set_status(self, j: int, status: str, step: int, **extra) -> None:
+  def _set_status(self, j: int, status: str, step: int, write: bool = True, **extra) -> None:
     m = self.members[j]
     self.status[m.run_id] = {"status": status, "step": step, "group": self.tag,
                              "total_steps": self.setup.schedule.total_steps,
                              "shard": m.shard, **extra}
-    self.records[j].write_status(**self.status[m.run_id])
+    if write:
+      self.records[j].write_status(**self.status[m.run_id])
+    else:
+      self._unwritten.add(j)
 
   def merge(self, force: bool = True) -> None:
+    """Writes the runs' statuses held back, then the merged view (mid-group,
+    at most every MERGE_EVERY_S: a running run's step may lag that much)."""
     if force or time.time() - self._merged_at >= self.MERGE_EVERY_S:
+      for j in sorted(self._unwritten):
+        self.records[j].write_status(**self.status[self.members[j].run_id])
+      self._unwritten.clear()
       sweep_record.write_merged(self.workdir, self.planned)
       self._merged_at = time.time()
 
@@ -248,7 +257,7 @@ class GroupOutputs:
       member_rows[-1]["status"] = status
       self._write_rows(j, member_rows, status)
       if not done:
-        self._set_status(j, status, step)
+        self._set_status(j, status, step, write=False)
     self.pending_train, self.pending_eval = {}, {}
     if not done:
       self.merge(force=False)
@@ -297,7 +306,12 @@ class GroupOutputs:
                                                                           state.params)
       last = self.last.get(m.run_id, {})
       statuses = [row["status"] for row in last.values() if row["status"] != "running"]
-      status = statuses[-1] if statuses else self.status.get(m.run_id, {}).get("status", "done")
+      current = self.status.get(m.run_id, {}).get("status", "running")
+      if statuses:
+        status = statuses[-1]
+      else:  # Resumed at its end (killed after its last checkpoint): no rows this time.
+        status = "diverged" if current == "diverged" else (
+            "done" if step == self.setup.schedule.total_steps else current)
       if status != "diverged" or not self.status.get(m.run_id, {}).get("ended"):
         self._set_status(j, status, step, params_sha256=params_fingerprint(params))
       final = {f"{s}_{k}": row[k] for s, row in last.items() if s != "train"
