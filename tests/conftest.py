@@ -44,8 +44,9 @@ DEFAULT = "--config=configs/default.py"
 # The slowest files first, the unit layer last (its slowest file first): with
 # two workers a run then ends on short tests, not on one worker's 30-second
 # test while the other waits. Within a file the order stays as written.
-SLOWEST_FIRST = ("e2e/test_resume.py", "e2e/test_transfer.py", "e2e/test_parallel.py",
-                 "e2e/test_experiments.py", "e2e/test_sweeps.py", "e2e/test_bad_input.py")
+SLOWEST_FIRST = ("e2e/test_slurm.py", "e2e/test_resume.py", "e2e/test_transfer.py",
+                 "e2e/test_parallel.py", "e2e/test_experiments.py", "e2e/test_sweeps.py",
+                 "e2e/test_bad_input.py")
 SLOWEST_UNIT = "unit/test_conv.py"
 
 
