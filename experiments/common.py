@@ -246,6 +246,7 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
   config to the data (it runs after the overrides, before validation)."""
 
   def main(argv):
+    cli.exit_on_ctrl_c(name)
     if len(argv) > 1:
       cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", prog=name)
     cli.setup_logging("vgg_jax", "experiments")
@@ -260,6 +261,7 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
       cli.initialize_cluster()
       if prepare is not None:
         prepare(config)
+      validate_settings(config)
       for value in train_configs(config):  # Before anything runs.
         config_validation.validate(value)
       fit_subsets_to_data(name, config)
@@ -275,7 +277,7 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
     except UserError as e:
       if created:
         _remove_if_unused(FLAGS.workdir)
-      cli.fail(str(e), prog=name)
+      cli.fail(str(e), code=cli.exit_code(e), prog=name)
     except Exception as e:  # pylint: disable=broad-except
       if errors.is_disk_full(e):
         cli.fail(errors.disk_full_message(FLAGS.workdir), prog=name)
@@ -285,6 +287,21 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
 
   app.run(main, flags_parser=cli.parse_flags)
 
+
+
+def validate_settings(config: ml_collections.ConfigDict) -> None:
+  """The experiment's own settings, before anything trains: every grid (a
+  list or tuple) non-empty, seeds integers, evals per run at least 1."""
+  from vgg_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  for key, value in config.items():
+    if isinstance(value, (list, tuple)) and not value:
+      raise ConfigError(key, value, "a non-empty list (an experiment compares at least one "
+                        "setting)")
+    if key.endswith("seeds") and not all(isinstance(s, int) and not isinstance(s, bool)
+                                         for s in value):
+      raise ConfigError(key, value, "a list of integer seeds, e.g. (0, 1, 2)")
+    if key.endswith("evals_per_run") and not (isinstance(value, int) and value >= 1):
+      raise ConfigError(key, value, "an integer >= 1 (evaluations over each run)")
 
 
 def train_config(mode: str) -> ml_collections.ConfigDict:

@@ -98,7 +98,8 @@ def analyze(exp: common.Experiment):
                  + (": running mean of minibatches" if split == "train" else ""))
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy")
-    ax.set_yscale("log")
+    if any(y > 0 for y in finite):  # Every run diverged at once: nothing to put on a log axis.
+      ax.set_yscale("log")
   axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   report.save(fig, exp.path("loss_curves.png"))
 
@@ -111,7 +112,8 @@ def analyze(exp: common.Experiment):
       ax.axvline(s["lr"], color="red", alpha=0.3)
   ax.plot([], [], color="red", alpha=0.3, label="diverged (all seeds)")
   ax.set_xscale("log")
-  ax.set_yscale("log")
+  if any(np.isfinite(y) and y > 0 for y in ys):
+    ax.set_yscale("log")
   ax.set_xlabel("learning rate")
   ax.set_ylabel("final validation loss")
   ax.legend()

@@ -307,6 +307,43 @@ USER_LOADERS = textwrap.dedent('''
     def fails():
       raise RuntimeError("the share is not mounted")
 
+    def exits_0():
+      import sys
+      sys.exit(0)
+
+    def exits_3():
+      raise SystemExit(3)
+
+    def interrupted():
+      raise KeyboardInterrupt
+
+    def _labelled(y_train, y_test=None, **extra):
+      x = np.random.default_rng(0).normal(size=(len(y_train), 4)).astype(np.float32)
+      out = {"train": (x, np.asarray(y_train)), **extra}
+      if y_test is not None:
+        out["test"] = (x[:len(y_test)], np.asarray(y_test))
+      return out
+
+    def huge_float64():
+      x = np.ones((10, 4))
+      x[3, 1] = 1e39
+      return {"train": (x, np.arange(10) % 2)}
+
+    def labels_from_1():
+      return _labelled(np.arange(12) % 3 + 1)
+
+    def raw_ids():
+      return _labelled(np.arange(12) % 3 + 1000003)
+
+    def huge_id():
+      return _labelled(np.array([0, 1] * 5 + [2**31], np.int64))
+
+    def unseen_test_label():
+      return _labelled(np.arange(12) % 2, [0, 1, 2])
+
+    def empty_class_said():
+      return _labelled(np.arange(12) % 3, [0, 1, 2], num_classes=4)
+
     def one_class():
       return {"train": (np.zeros((10, 4), np.float32), np.zeros(10, np.int32))}
 

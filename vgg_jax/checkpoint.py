@@ -33,10 +33,29 @@ class CheckpointError(UserError):
   """No checkpoint in the workdir can be read; the run will not start over it."""
 
 
-def create_manager(workdir: str, keep: int, name: str = "") -> ocp.CheckpointManager:
-  """Checkpoints in workdir/checkpoints (a sweep group's in checkpoints/<name>)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         cleanup_tmp_directories=True)
+def create_manager(workdir: str, keep: int, name: str = "",
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """Checkpoints in workdir/checkpoints (a sweep group's in checkpoints/<name>).
+
+  read_only: a reader's manager (predict, visualize): it creates, cleans up
+  and deletes nothing, so it can read a run that is training (the trainer's
+  in-flight temp directory is the trainer's own).
+  """
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                           save_interval_steps=0,
+                                           cleanup_tmp_directories=False)
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR, *([name] if name else [])))
+    absl_logger = logging.getLogger("absl")  # Orbax warns that a read-only manager reads only.
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+      return ocp.CheckpointManager(directory, options=options, item_names=("state", "train_rows"))
+    finally:
+      absl_logger.setLevel(level)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
   directory = os.path.join(workdir, CHECKPOINT_DIR, *([name] if name else []))
   return ocp.CheckpointManager(os.path.abspath(directory),
                                options=options, item_names=("state", "train_rows"))
@@ -49,25 +68,21 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Tuple[Any, int
   bytes flipped, a file missing) is moved to workdir/corrupt_checkpoints
   with a one-line warning, and the next older one is tried. If checkpoints
   exist but none can be read, CheckpointError: the run never silently
-  starts from scratch over a workdir that had progress.
+  starts from scratch over a workdir that had progress. (Readers use
+  read_latest, which moves nothing.)
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return state, 0, {}
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   tried = []
   for step in steps:
     try:
-      with _stderr_captured_unless_ok():
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), train_rows=ocp.args.JsonRestore()))
-      _check_finite(restored.state, step)
+      restored = _restore(manager, step, state)
     except Exception as e:  # pylint: disable=broad-except
       # Orbax and TensorStore raise many types for damaged files.
-      reason = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
       moved = _move_aside(manager, step)
       logger.warning("checkpoint at step %d is unreadable (%s); moved to %s, trying an older one",
-                     step, reason, moved)
+                     step, _reason(e), moved)
       tried.append(step)
       continue
     if tried:
@@ -77,6 +92,59 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Tuple[Any, int
       f"no readable checkpoint in {manager.directory} (unreadable steps {tried}, moved to "
       f"{CORRUPT_DIR}/); refusing to start from scratch over this workdir: move it away or "
       "use a new --workdir")
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, state: Any):
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  with _stderr_captured_unless_ok():
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), train_rows=ocp.args.JsonRestore()))
+  _check_finite(restored.state, step)
+  return restored
+
+
+def _reason(e: Exception) -> str:
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
+
+
+READ_ATTEMPTS = 20
+
+
+def read_latest(workdir: str, state: Any, name: str = "") -> Tuple[Any, int, Dict]:
+  """A reader's restore (predict, visualize): the newest step that reads,
+  through a read-only manager, moving and deleting nothing.
+
+  A run that is training deletes old steps (keep_checkpoints) as it saves
+  new ones, so a step listed a moment ago may be gone by the time it is
+  read (or stat'ed while listing): the steps are listed again and the
+  newest tried again, a few times, before giving up with one line.
+  """
+  failures = {}
+  for attempt in range(READ_ATTEMPTS):
+    if attempt:
+      time.sleep(0.05 * attempt)
+    try:
+      manager = create_manager(workdir, 1, name, read_only=True)
+    except OSError as e:  # A step deleted while the manager listed them.
+      failures[-1] = _reason(e)
+      continue
+    try:
+      steps = sorted(manager.all_steps(), reverse=True)
+      if not steps:
+        return state, 0, {}
+      for step in steps:
+        try:
+          restored = _restore(manager, step, state)
+        except Exception as e:  # pylint: disable=broad-except
+          failures[step] = _reason(e)
+          continue
+        return restored.state, step, restored.train_rows or {}
+    finally:
+      manager.close()
+  newest = max(failures)
+  raise CheckpointError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)} "
+                        f"after {READ_ATTEMPTS} tries ({'step %d: ' % newest if newest >= 0 else ''}"
+                        f"{failures[newest]})")
 
 
 @contextlib.contextmanager

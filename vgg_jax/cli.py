@@ -7,6 +7,7 @@ prints one line on stderr, ``<prog>: message``, and exits with code 2.
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 
 from absl import flags
@@ -18,6 +19,33 @@ FLAGS = flags.FLAGS
 def fail(message: str, code: int = 2, prog: str = "vgg_jax"):
   print(f"{prog}: {message}", file=sys.stderr)
   sys.exit(code)
+
+
+def exit_code(error: BaseException, default: int = 2) -> int:
+  """A UserError's exit code: 130 for an interrupted loader, else `default`."""
+  return getattr(error, "exit_code", default)
+
+
+INTERRUPTED = 130  # The shell's code for a process ended by Ctrl-C (128 + SIGINT).
+
+
+def exit_on_ctrl_c(prog: str = "vgg_jax") -> None:
+  """Until training installs its graceful handler (preemption.guard: a
+  checkpoint, then exit 75), Ctrl-C ends the command at once with one line
+  and exit 130. A KeyboardInterrupt raised at start-up could land in a
+  garbage-collection callback, where Python swallows it and the run went on,
+  or print a traceback. Exiting at once is as safe as the SIGKILL every run
+  survives: every file is written atomically, and a rerun resumes."""
+
+  def handler(signum, frame):
+    del signum, frame
+    os.write(2, f"{prog}: interrupted (Ctrl-C); rerun the same command to continue\n".encode())
+    compile_cache = sys.modules.get("vgg_jax.compile_cache")  # Never import in a handler.
+    if compile_cache is not None:
+      compile_cache.remove_private_directory()
+    os._exit(INTERRUPTED)  # pylint: disable=protected-access
+
+  signal.signal(signal.SIGINT, handler)
 
 
 def parse_flags(argv):

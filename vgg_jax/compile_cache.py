@@ -39,6 +39,15 @@ ENV = "VGG_JAX_COMPILATION_CACHE"
 MIN_COMPILE_SECONDS = 0.05
 
 
+_private = []  # The temporary directory enable() made, removed at exit.
+
+
+def remove_private_directory() -> None:
+  """Removes the private cache directory now (an exit that skips atexit)."""
+  for directory in _private:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def enable(directory: Optional[str] = None) -> Optional[str]:
   """Turns the cache on (see the module docstring); returns its directory,
   or None where it is off. Idempotent."""
@@ -49,6 +58,7 @@ def enable(directory: Optional[str] = None) -> Optional[str]:
     return None
   if not directory:
     directory = tempfile.mkdtemp(prefix="vgg_jax_xla_")
+    _private.append(directory)
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

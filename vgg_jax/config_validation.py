@@ -255,6 +255,12 @@ def validate_derived(config: ml_collections.ConfigDict, num_train: int, total_st
     raise ConfigError("parallelism", config.parallelism,
                       "jit for multi-process runs (the pmap form here is single-process)")
   if config.batch_size > num_train:
+    fraction = config.dataset.get("validation_fraction", 0.0)
+    if fraction >= 0.5:  # The carve, not the batch, left train this small.
+      raise ConfigError("dataset.validation_fraction", fraction,
+                        f"a fraction that leaves a batch to train on: it held out all but "
+                        f"{num_train} training examples of {config.dataset.name}, fewer than "
+                        f"batch_size={config.batch_size}")
     raise ConfigError("batch_size", config.batch_size,
                       f"at most the {num_train} training examples of {config.dataset.name}")
   if config.head == "binary" and num_classes != 2:

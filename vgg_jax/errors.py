@@ -21,6 +21,11 @@ class DataError(UserError):
   """A dataset cannot be found or read."""
 
 
+class Interrupted(UserError):
+  """Ctrl-C (KeyboardInterrupt) while user code ran: exit 130, one line."""
+  exit_code = 130
+
+
 class DivergedError(UserError):
   """Training produced a non-finite loss or gradient."""
 

@@ -29,9 +29,11 @@ def load_images(paths: List[str], *shape: int) -> np.ndarray:
   for path in paths:
     try:
       with image_folder.open_image(path) as img:
-        img = img.convert("RGB" if channels == 3 else "L").resize((width, height),
-                                                                   Image.BILINEAR)
+        img = image_folder.to_8bit(img, path, "RGB" if channels == 3 else "L").resize(
+            (width, height), Image.BILINEAR)
         array = np.asarray(img, np.uint8)
+    except image_folder.DeepImageError as e:
+      raise UserError(str(e)) from None
     except Exception as e:  # pylint: disable=broad-except
       # Pillow raises many types for bad files (OSError, SyntaxError,
       # DecompressionBombError, ValueError...).
@@ -97,9 +99,11 @@ def restore_for_inference(workdir: str):
     raise UserError(f"{workdir}: config.json or {workdir_lib.MODEL_INFO_FILE} lacks a field or "
                     f"has one of the wrong type ({type(e).__name__}: {e})") from None
   program = program_lib.build(config, dataset_info, total_steps=1)
-  manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
-  state, step, _ = checkpoint.restore_latest(manager, program.create_state())
-  manager.close()
+  if not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+    raise UserError(f"{workdir} has no checkpoint yet")
+  # Read-only: a reader never cleans up, moves or deletes anything, so it can
+  # read a run that is still training.
+  state, step, _ = checkpoint.read_latest(workdir, program.create_state())
   if not step:
     raise UserError(f"{workdir} has no checkpoint yet")
   params = state.params

@@ -13,6 +13,10 @@ full disk stops the run with one line (exit 2); its earlier checkpoints are
 intact, and rerunning once there is space resumes.
 """
 
+if __name__ == "__main__":  # Ctrl-C from the first moment: one line, exit 130.
+  from vgg_jax import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.exit_on_ctrl_c()
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -29,6 +33,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+  cli.exit_on_ctrl_c()
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.setup_logging()
@@ -53,7 +58,7 @@ def main(argv):
   except preemption.Preempted as e:
     cli.fail(str(e), code=preemption.EXIT_CODE)
   except UserError as e:
-    cli.fail(str(e))
+    cli.fail(str(e), code=cli.exit_code(e))
   except Exception as e:  # pylint: disable=broad-except
     if is_disk_full(e):
       cli.fail(disk_full_message(FLAGS.workdir))

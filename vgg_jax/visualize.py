@@ -24,7 +24,7 @@ flags.DEFINE_enum("model", "vgg16", ["vgg11", "vgg13", "vgg16", "vgg19"],
                   "The architecture of --weights.")
 flags.DEFINE_string("image", None, "The image whose feature maps to draw.")
 flags.DEFINE_string("out", None, "Directory for filters.png and feature_maps.png.")
-flags.DEFINE_integer("channels", 8, "Feature maps per block.")
+flags.DEFINE_integer("channels", 8, "Feature maps per block.", lower_bound=1)
 
 
 def filter_grid(kernel: np.ndarray, path: str) -> None:
@@ -88,10 +88,14 @@ def block_outputs(model, variables, images, mean, std):
 
 def main(argv):
   del argv
+  cli.exit_on_ctrl_c("vgg_jax.visualize")
   cli.setup_logging()
   if bool(FLAGS.workdir) == bool(FLAGS.weights) or not FLAGS.image or not FLAGS.out:
     cli.fail("give --out, --image and exactly one of --workdir or --weights",
              prog="vgg_jax.visualize")
+  if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
+    cli.fail(f"--out={FLAGS.out} is a file; give a directory for filters.png and "
+             "feature_maps.png", prog="vgg_jax.visualize")
   try:
     if FLAGS.workdir:
       model, variables, info, _ = inference.restore_for_inference(FLAGS.workdir)
@@ -104,11 +108,14 @@ def main(argv):
     images = inference.load_images([FLAGS.image], *shape)
   except UserError as e:
     cli.fail(str(e), prog="vgg_jax.visualize")
-  os.makedirs(FLAGS.out, exist_ok=True)
-  filter_grid(np.asarray(variables["params"]["conv1_1"]["kernel"]),
-              os.path.join(FLAGS.out, "filters.png"))
-  feature_maps(block_outputs(model, variables, images, mean, std), images[0],
-               os.path.join(FLAGS.out, "feature_maps.png"), FLAGS.channels)
+  try:
+    os.makedirs(FLAGS.out, exist_ok=True)
+    filter_grid(np.asarray(variables["params"]["conv1_1"]["kernel"]),
+                os.path.join(FLAGS.out, "filters.png"))
+    feature_maps(block_outputs(model, variables, images, mean, std), images[0],
+                 os.path.join(FLAGS.out, "feature_maps.png"), FLAGS.channels)
+  except OSError as e:  # A read-only or full output directory.
+    cli.fail(f"cannot write in --out={FLAGS.out}: {e.strerror or e}", prog="vgg_jax.visualize")
   print(f"wrote {FLAGS.out}/filters.png and {FLAGS.out}/feature_maps.png")
 
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -44,6 +45,22 @@ def _one_class_folder(tmp_path):
   write_images(str(tmp_path / "only"), corrupt=False)
   shutil.rmtree(tmp_path / "only" / "dog")
   return [DEFAULT, "--config.dataset.name=image_folder", f"--config.dataset.path={tmp_path / 'only'}",
+          "--config.dataset.image_size=8"]
+
+
+def _sixteen_bit(path, value):
+  """A 16-bit grayscale PNG (Pillow mode I;16), as scientific cameras write."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.full((8, 8), value, np.uint16)).save(path)
+  return str(path)
+
+
+def _sixteen_bit_folder(tmp_path):
+  for name, value in (("dark", 1000), ("bright", 40000)):
+    os.makedirs(tmp_path / "deep" / name)
+    for i in range(4):
+      _sixteen_bit(tmp_path / "deep" / name / f"{i}.png", value + i)
+  return [DEFAULT, "--config.dataset.name=image_folder", f"--config.dataset.path={tmp_path / 'deep'}",
           "--config.dataset.image_size=8"]
 
 
@@ -113,6 +130,11 @@ ONE_LINE_REFUSALS = {
     "experiment_bad_override": ("experiments.learning_rate",
                                 ["--mode=smoke", "--config.train.batch_size=0"], {},
                                 ["batch_size"]),
+    "experiment_without_seeds": ("experiments.learning_rate", ["--mode=smoke", "--config.seeds=()"],
+                                 {}, ["seeds=()", "non-empty"]),
+    "experiment_with_no_evals": ("experiments.dropout", ["--mode=smoke",
+                                                         "--config.evals_per_run=0"], {},
+                                 ["evals_per_run=0", "an integer >= 1"]),
     "experiment_without_its_data": (
         "experiments.learning_rate",
         lambda t: ["--mode=smoke", "--config.train.dataset.name=mnist",
@@ -120,7 +142,37 @@ ONE_LINE_REFUSALS = {
                    f"--config.train.dataset.data_dir={t / 'none'}",
                    "--config.train.dataset.download=False"], {}, ["dataset mnist not found"]),
 }
-AFTER_LOGS = {"missing_weights_file"}  # The image folder is read before the weights.
+ONE_LINE_REFUSALS["loader_calls_sys_exit_0"] = (
+    "main", lambda t: [DEFAULT, f"--config.dataset.name={user_loader(str(t), 'exits_0')}"], {},
+    ["exits_0: the loader exited (SystemExit(0)) while loading"])
+def _one_image_per_class(tmp_path):
+  write_images(str(tmp_path / "tiny"), corrupt=False)
+  for name in ("cat", "dog"):
+    for extra in sorted(os.listdir(tmp_path / "tiny" / name))[1:]:
+      os.remove(tmp_path / "tiny" / name / extra)
+  return [DEFAULT, "--config.dataset.name=image_folder", f"--config.dataset.path={tmp_path / 'tiny'}",
+          "--config.dataset.image_size=8", "--config.dataset.validation_fraction=0.1"]
+
+
+def _folder_is_a_file(tmp_path):
+  (tmp_path / "photos.zip").write_bytes(b"PK")
+  return [DEFAULT, "--config.dataset.name=image_folder",
+          f"--config.dataset.path={tmp_path / 'photos.zip'}", "--config.dataset.image_size=8"]
+
+
+ONE_LINE_REFUSALS.update({
+    "one_image_per_class": ("main", _one_image_per_class, {},
+                            ["has 1 training example: too few to hold out a validation split"]),
+    "validation_fraction_leaves_no_batch": (
+        "main", [DEFAULT, "--config.dataset.validation_fraction=0.999"], {},
+        ["dataset.validation_fraction=0.999", "held out all but"]),
+    "image_folder_path_is_a_file": ("main", _folder_is_a_file, {},
+                                    ["photos.zip is a file, not a directory"]),
+})
+ONE_LINE_REFUSALS["sixteen_bit_images"] = ("main", _sixteen_bit_folder, {},
+                                            ["16-bit image (Pillow mode I;16)", "real range"])
+# The image folder is read (and says so) before the weights and before decoding.
+AFTER_LOGS = {"missing_weights_file", "sixteen_bit_images", "one_image_per_class"}
 
 
 @pytest.mark.parametrize("case", sorted(ONE_LINE_REFUSALS))
@@ -338,3 +390,36 @@ def test_a_read_only_workdir_is_one_line(tmp_path):
                                          (tmp_path / f"err{i}").read_text())
     assert_fails_in_one_line(result, expected)
     assert "Read-only file system" in result.stderr
+
+
+def test_predict_refuses_a_16_bit_image_in_one_line(trained_copy, tmp_path):
+  """Pillow's convert() clips a 16-bit image to white: refused, not misread."""
+  image = _sixteen_bit(tmp_path / "scan.png", 30000)
+  proc = run_cli([f"--workdir={trained_copy}", image], module="vgg_jax.predict")
+  assert_one_line(proc, "scan.png is a 16-bit image (Pillow mode I;16)")
+
+
+def test_ctrl_c_in_a_loader_is_one_line_and_exit_130(tmp_path):
+  name = user_loader(str(tmp_path), "interrupted")
+  proc = run_cli([DEFAULT, f"--config.dataset.name={name}"], tmp_path / "run")
+  assert_one_line(proc, "interrupted (Ctrl-C) while loading", code=130)
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("after", [0.3, 2.0])
+def test_ctrl_c_at_start_up_is_one_line_and_exit_130(after, tmp_path):
+  """SIGINT during imports, compilation or the first steps: one line, never
+  swallowed (it once landed in a garbage-collection callback and the run went
+  on to exit 0), never a traceback. Once training runs, it is the preemption
+  path (exit 75), tested with the other signals in test_resume.py."""
+  proc = subprocess.Popen([sys.executable, "-m", "vgg_jax.main", DEFAULT,
+                           f"--workdir={tmp_path / 'run'}"], cwd=REPO, env=subprocess_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  time.sleep(after)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode in (130, 75), err[-3000:]
+  assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+  last = err.strip().splitlines()[-1]
+  expected = "interrupted (Ctrl-C)" if proc.returncode == 130 else "stopped by SIGINT"
+  assert expected in last, err[-3000:]

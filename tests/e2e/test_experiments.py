@@ -161,6 +161,16 @@ def test_a_config_override_reaches_the_experiment(tmp_path):
   assert "1 runs trained this time" in result.stdout
 
 
+def test_a_grid_where_every_run_diverges_still_reports(tmp_path):
+  """The experiment's own phenomenon at its extreme: every rate diverges."""
+  result = run_experiment("learning_rate", tmp_path, "--config.learning_rates=(1e5, 1e6)")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  report = (tmp_path / "report.md").read_text()
+  assert "Every learning rate diverged" in report
+  assert (tmp_path / "final_loss_vs_lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # ------------------------------------------------------- your own dataset
 
 

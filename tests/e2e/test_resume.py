@@ -11,12 +11,17 @@ preemption: a checkpoint at the step it stopped at, exit 75.
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import (DEFAULT, DEFAULT_LONGER, MEMORY_ARGS, built_once, in_a_mount_namespace,
-                      messages, read_csv, rows, run_cli, status, sweep_rows, write_sweep_config)
+from conftest import (DEFAULT, DEFAULT_LONGER, MEMORY_ARGS, REPO, built_once,
+                      in_a_mount_namespace, messages, read_csv, rows, run_cli, status,
+                      subprocess_env, sweep_rows, write_sweep_config)
 from vgg_jax import preemption
+from vgg_jax.errors import UserError
 
 
 def stop(args, workdir, point, sig):
@@ -115,8 +120,9 @@ def test_streaming_kill_resumes_bit_for_bit(point, prepared_fashion, streaming_r
 
 @pytest.fixture(scope="module")
 def sweep_reference(tmp_path_factory):
-  """Two groups (the hidden size changes the program) of two vmapped rates,
-  with dropout; a checkpoint past each 50 steps (at epoch ends: 57, 114).
+  """Two groups (the hidden size changes the program) of three vmapped rates,
+  one of which diverges at once and is frozen, with dropout; a checkpoint
+  past each 50 steps (at epoch ends: 57, 114).
   (the command line, the uninterrupted results)"""
   def build(root):
     write_sweep_config(
@@ -124,21 +130,33 @@ def sweep_reference(tmp_path_factory):
         "c.batch_size = 32", "c.num_epochs = 4", "c.eval_every_steps = 40",
         "c.checkpoint_every_steps = 50", "c.sweep = sweep.to_config(sweep.product(",
         "    sweep.axis('model.hidden_sizes', [[16], [32]]),",
-        "    sweep.axis('optimizer.learning_rate', [0.03, 0.1])))")
+        "    sweep.axis('optimizer.learning_rate', [0.03, 0.1, 1e4])))")
     rerun([f"--config={root / 'sweep_config.py'}"], root / "run")
 
   root = built_once(tmp_path_factory, "sweep_reference", build)
-  return [f"--config={root / 'sweep_config.py'}"], sweep_rows(root / "run")
+  return [f"--config={root / 'sweep_config.py'}"], sweep_rows(root / "run"), run_statuses(
+      root / "run")
+
+
+def run_statuses(workdir):
+  """{run_id: (status, step, params_sha256)} of a sweep's merged status.json."""
+  return {i: (r["status"], r.get("step"), r.get("params_sha256"))
+          for i, r in status(workdir)["runs"].items()}
 
 
 @pytest.mark.parametrize("sig,point", [("KILL", "step:130"), ("TERM", "sweep_eval:100")])
 def test_a_stopped_sweep_resumes_its_group_to_the_uninterrupted_results(sig, point,
                                                                         sweep_reference,
                                                                         tmp_path):
-  args, expected = sweep_reference
+  """With diverged members: they are not finished until their group is, so the
+  group resumes whole, and every row and status entry (step, params_sha256)
+  equals the uninterrupted sweep's."""
+  args, expected, expected_status = sweep_reference
+  assert sorted(s for s, _, _ in expected_status.values()) == ["diverged"] * 2 + ["done"] * 4
   stop(args, tmp_path, point, sig)
   if sig == "KILL":  # Rows past the last checkpoint (114) are redone, not kept twice.
-    assert max(int(r["step"]) for r in read_csv(tmp_path / "results.csv")) >= 120
+    from vgg_jax import sweep  # pylint: disable=g-import-not-at-top
+    assert max(r["step"] for r in sweep.results(str(tmp_path))) >= 120
   else:
     assert "preempted" in {r["status"] for r in status(tmp_path)["runs"].values()}
   resumed = rerun(args, tmp_path)
@@ -146,7 +164,7 @@ def test_a_stopped_sweep_resumes_its_group_to_the_uninterrupted_results(sig, poi
   assert ("resumed at step 114" if sig == "KILL" else "resumed at step 120") in resumed.stderr
   assert sweep_rows(tmp_path) == expected
   final = status(tmp_path)
-  assert final["status"] == "done" and len(final["runs"]) == 4
+  assert final["status"] == "done" and run_statuses(tmp_path) == expected_status
 
 
 # ------------------------------------------- damaged files a rerun repairs
@@ -235,3 +253,47 @@ def test_a_full_disk_is_one_line_keeps_the_checkpoint_and_the_rerun_resumes(
   ref = trained / "straight60"
   assert status(tmp_path)["params_sha256"] == status(ref)["params_sha256"]
   assert rows(tmp_path) == rows(ref)
+
+
+# ------------------------------------------------- reading a training run
+
+
+def test_reading_a_run_while_it_trains_never_harms_it(tmp_path):
+  """predict and visualize (restore_for_inference) in a loop against a run
+  that checkpoints every 5 steps (keeping 6): they read it, and the run ends with the
+  parameters of an undisturbed run (a reader once removed the trainer's
+  in-flight orbax temp directory and killed the save)."""
+  from vgg_jax import inference  # pylint: disable=g-import-not-at-top
+  args = [DEFAULT, "--config.num_train_steps=700", "--config.checkpoint_every_steps=5",
+          "--config.log_every_steps=40", "--config.keep_checkpoints=6"]
+  env = subprocess_env()
+  command = lambda w: [sys.executable, "-m", "vgg_jax.main", *args, f"--workdir={w}"]
+  training = subprocess.Popen(command(tmp_path / "read"), cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = str(tmp_path / "digit.png")
+  Image.new("L", (8, 8), 128).save(image)
+  reads, predicted = 0, None
+  while training.poll() is None:
+    if not (tmp_path / "read" / "checkpoints").is_dir():
+      time.sleep(0.05)
+      continue
+    try:
+      inference.restore_for_inference(str(tmp_path / "read"))
+      reads += 1
+    except UserError:  # "no checkpoint yet": the first one is still being written.
+      pass
+    if predicted is None:
+      predicted = subprocess.Popen(
+          [sys.executable, "-m", "vgg_jax.predict", f"--workdir={tmp_path / 'read'}", image],
+          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  out, err = training.communicate()
+  assert training.returncode == 0, err[-3000:]
+  assert reads >= 3, reads
+  undisturbed = subprocess.run(command(tmp_path / "alone"), cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=300)
+  assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]
+  p_out, p_err = predicted.communicate(timeout=120)
+  assert predicted.returncode == 0 and "Traceback" not in p_err, p_err[-3000:]
+  assert status(tmp_path / "read")["params_sha256"] == status(tmp_path / "alone")[
+      "params_sha256"]

@@ -23,7 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, built_once, run_cli, subprocess_env, tiny_config
+from conftest import (REPO, assert_one_line, built_once, in_a_mount_namespace, run_cli,
+                      subprocess_env, tiny_config)
 from vgg_jax import config_lib, data, finetune, inference, models, pretrained, sweep, train
 from vgg_jax.errors import ConfigError
 from vgg_jax.training import program as program_lib, steps
@@ -157,6 +158,23 @@ def test_stand_in_fine_tune_predict_and_look(stand_in, tmp_path):
   assert look.returncode == 0, look.stderr[-3000:]
   for png in ("filters.png", "feature_maps.png"):
     assert (tmp_path / "look" / png).read_bytes()[:4] == b"\x89PNG"
+  # Where the pictures cannot go: one line each, never a traceback.
+  (tmp_path / "a_file").write_text("x")
+  for args, expected in (([f"--out={tmp_path / 'a_file'}"], "is a file; give a directory"),
+                         ([f"--out={tmp_path / 'look'}", "--channels=-1"], "channels")):
+    bad = run_cli([f"--workdir={workdir}", f"--image={images[0]}", *args],
+                  module="vgg_jax.visualize")
+    assert_one_line(bad, expected)
+  script = ('mount --bind -o ro "$FULL" "$FULL" || exit 99\n'
+            f'"$PY" -m vgg_jax.visualize --workdir={workdir} --image={images[0]} '
+            '--out="$FULL/look" 2> "$OUT/err"; echo $? > "$OUT/rc"')
+  ro_dir = tmp_path / "ro"
+  ro_dir.mkdir()
+  proc = in_a_mount_namespace(script, ro_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert_one_line(subprocess.CompletedProcess([], int((ro_dir / "rc").read_text()), "",
+                                              (ro_dir / "err").read_text()),
+                  "cannot write in --out=", after_logs=True)
 
 
 # ------------------------------- sweeps from weights, frozen, on cached features

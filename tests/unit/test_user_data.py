@@ -5,6 +5,7 @@ thing. Sweeps and experiments on it: tests/e2e."""
 import json
 import os
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from conftest import DEFAULT, dataset_config, parse_config, rows, status, tiny_config
 from vgg_jax import config_validation, data, inference, train
 from vgg_jax.data import user as user_lib
-from vgg_jax.errors import ConfigError, DataError, UserError
+from vgg_jax.errors import ConfigError, DataError, Interrupted, UserError
 
 
 def test_float_features_stay_float_and_are_normalized_from_train(loader_file):
@@ -93,6 +94,18 @@ def test_the_default_config_learns_float_features(loader_file, tmp_path):
     ("{file}:missing", {}, DataError, "has no function 'missing'"),
     ("/nonexistent/file.py:load", {}, DataError, "no file /nonexistent/file.py"),
     ("{file}:fails", {}, DataError, "RuntimeError: the share is not mounted"),
+    # What ends a program ends only the loading, in one line naming the loader.
+    ("{file}:exits_0", {}, DataError, r"exits_0: the loader exited \(SystemExit\(0\)\) while "
+     "loading; a loader must return its data"),
+    ("{file}:exits_3", {}, DataError, r"exited \(SystemExit\(3\)\) while loading"),
+    ("{file}:interrupted", {}, Interrupted, r"interrupted \(Ctrl-C\) while loading"),
+    # Labels: 0..k-1, each class in train, each test label a train label.
+    ("{file}:huge_float64", {}, DataError, r"1 values beyond float32's range \(e.g. 1e\+39 at "
+     r"index \(3, 1\)\)"),
+    ("{file}:labels_from_1", {}, DataError, r"train labels run 1..3; did you mean 0..2\?"),
+    ("{file}:raw_ids", {}, DataError, "3 distinct labels from 1000003 to 1000005, not 0..2"),
+    ("{file}:huge_id", {}, DataError, "y has label 2147483648"),
+    ("{file}:unseen_test_label", {}, DataError, r"test has labels \(2\) that train does not"),
     ("{file}:not_arrays", {}, DataError, "returned list"),
     ("{file}:nan_features", {}, DataError, "1 non-finite values .first at index .3, 2"),
     ("{file}:short_labels", {}, DataError, r"y has shape \(9,\); want \[10\]"),
@@ -114,3 +127,36 @@ def test_bad_loaders_are_one_clear_error(loader_file, name, overrides, error, me
   with pytest.raises(error, match=message) as info:
     config_validation.validate(config)
   assert "\n" not in str(info.value)
+
+
+def test_a_loader_module_that_parses_the_command_line_at_import(tmp_path):
+  """argparse at import saw vgg_jax's own flags ("unrecognized arguments:
+  --config=..."): it now sees none, so optional arguments load, and a
+  required one is one line naming the loader and what argparse said."""
+  lenient = tmp_path / "lenient.py"
+  lenient.write_text(textwrap.dedent("""
+      import argparse
+      import numpy as np
+      ARGS = argparse.ArgumentParser().parse_args()
+      def load():
+        return {"train": (np.zeros((10, 4), np.float32), np.arange(10) % 2)}
+  """))
+  strict = tmp_path / "strict.py"
+  strict.write_text(lenient.read_text().replace(
+      "ArgumentParser().parse_args()",
+      "ArgumentParser(); p = ARGS; p.add_argument('--n', required=True); p.parse_args()"))
+  config = tiny_config()
+  config.dataset = dataset_config(f"{lenient}:load")
+  config_validation.validate(config)
+  config.dataset = dataset_config(f"{strict}:load")
+  with pytest.raises(DataError, match=r"exited \(SystemExit\(2\)\) while importing it, "
+                                      r"saying: .*required: --n") as info:
+    config_validation.validate(config)
+  assert "\n" not in str(info.value)
+
+
+def test_a_loader_may_say_num_classes_for_a_class_without_examples(loader_file):
+  config = tiny_config()
+  config.dataset = dataset_config(f"{loader_file}:empty_class_said")
+  dataset = data.load(config.dataset)
+  assert dataset.info.num_classes == 4

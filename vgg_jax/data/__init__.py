@@ -290,6 +290,9 @@ def _carve(config, splits: Dict[str, Split]) -> Dict[str, Split]:
   if config.validation_fraction > 0:
     order = np.random.default_rng(0).permutation(len(y))
     num_val = int(round(len(y) * config.validation_fraction))
+    if len(y) < 2:
+      raise DataError(f"{config.name} has {len(y)} training example: too few to hold out a "
+                      "validation split; add data, or set dataset.validation_fraction=0")
     if not 0 < num_val < len(y):
       raise ConfigError("dataset.validation_fraction", config.validation_fraction,
                         f"0 (no validation split), or a fraction that holds out between 1 and "
@@ -313,6 +316,9 @@ def _with_test(config, splits: Dict[str, Split]) -> Dict[str, Split]:
   x, y = splits["train"]
   order = np.random.default_rng(0).permutation(len(y))
   num_test = max(1, int(round(len(y) * config.test_fraction)))
+  if len(y) < 2:
+    raise DataError(f"{config.name} has {len(y)} example and no test split: too few to hold "
+                    "one out; add data, or give a test split")
   if num_test >= len(y):
     raise ConfigError("dataset.test_fraction", config.test_fraction,
                       f"a fraction that holds out between 1 and {len(y) - 1} of the "

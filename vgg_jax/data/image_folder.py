@@ -33,8 +33,10 @@ def _is_image(name: str) -> bool:
 
 def list_files(root: str) -> Tuple[List[str], List[str], str]:
   """(paths, class name per path, layout) for one split directory."""
-  if not os.path.isdir(root):
+  if not os.path.exists(root):
     raise DataError(f"image folder {root} does not exist")
+  if not os.path.isdir(root):
+    raise DataError(f"image folder {root} is a file, not a directory of images")
   subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
   paths, names = [], []
   for d in subdirs:
@@ -61,14 +63,44 @@ def open_image(path: str):
   return Image.open(path)
 
 
+# Pillow modes of more than 8 bits a channel: convert("RGB") clips them to
+# 255 (a 16-bit scan becomes white), so they are refused, not damaged.
+DEEP_MODES = {"I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16N": "16-bit",
+              "I": "32-bit integer", "F": "32-bit float"}
+
+
+class DeepImageError(DataError):
+  """An image of more than 8 bits per channel."""
+
+
+def to_8bit(image, path: str, mode: str = "RGB"):
+  """A PIL image as 8-bit `mode` (RGB or L), upright.
+
+  EXIF orientation is applied; alpha is dropped (RGBA -> RGB), palettes are
+  looked up, CMYK and other 8-bit modes are converted by Pillow. Images of
+  more than 8 bits a channel (16-bit, 32-bit integer or float) raise
+  DeepImageError naming the file and its mode: scaling them needs the
+  data's real range, which only you know.
+  """
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  if image.mode in DEEP_MODES:
+    raise DeepImageError(
+        f"{path} is a {DEEP_MODES[image.mode]} image (Pillow mode {image.mode}); vgg_jax reads "
+        "8-bit images, and converting would clip it: scale it to 8 bits by its real range "
+        "first (e.g. numpy: (x - lo) / (hi - lo) * 255 with your data's lo and hi)")
+  return ImageOps.exif_transpose(image).convert(mode)
+
+
 def _decode(path: str, size: int) -> Optional[np.ndarray]:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with open_image(path) as image:
-      image = image.convert("RGB")
+      image = to_8bit(image, path)
       if size:
         image = image.resize((size, size), Image.BILINEAR)
       return np.asarray(image, np.uint8)
+  except DeepImageError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     # Pillow raises many types for bad files (OSError, SyntaxError, ValueError...).
     logger.warning("skipping unreadable image %s: %s: %s", path, type(e).__name__, e)
