@@ -120,7 +120,7 @@ def test_streaming_kill_resumes_bit_for_bit(point, prepared_fashion, streaming_r
 
 @pytest.fixture(scope="module")
 def sweep_reference(tmp_path_factory):
-  """Two groups (the hidden size changes the program) of three vmapped rates,
+  """Two groups (the hidden size changes the program) of two vmapped rates,
   one of which diverges at once and is frozen, with dropout; a checkpoint
   past each 50 steps (at epoch ends: 57, 114).
   (the command line, the uninterrupted results)"""
@@ -130,7 +130,7 @@ def sweep_reference(tmp_path_factory):
         "c.batch_size = 32", "c.num_epochs = 4", "c.eval_every_steps = 40",
         "c.checkpoint_every_steps = 50", "c.sweep = sweep.to_config(sweep.product(",
         "    sweep.axis('model.hidden_sizes', [[16], [32]]),",
-        "    sweep.axis('optimizer.learning_rate', [0.03, 0.1, 1e4])))")
+        "    sweep.axis('optimizer.learning_rate', [0.1, 1e4])))")
     rerun([f"--config={root / 'sweep_config.py'}"], root / "run")
 
   root = built_once(tmp_path_factory, "sweep_reference", build)
@@ -152,7 +152,7 @@ def test_a_stopped_sweep_resumes_its_group_to_the_uninterrupted_results(sig, poi
   group resumes whole, and every row and status entry (step, params_sha256)
   equals the uninterrupted sweep's."""
   args, expected, expected_status = sweep_reference
-  assert sorted(s for s, _, _ in expected_status.values()) == ["diverged"] * 2 + ["done"] * 4
+  assert sorted(s for s, _, _ in expected_status.values()) == ["diverged"] * 2 + ["done"] * 2
   stop(args, tmp_path, point, sig)
   if sig == "KILL":  # Rows past the last checkpoint (114) are redone, not kept twice.
     from vgg_jax import sweep  # pylint: disable=g-import-not-at-top
@@ -264,7 +264,7 @@ def test_reading_a_run_while_it_trains_never_harms_it(tmp_path):
   parameters of an undisturbed run (a reader once removed the trainer's
   in-flight orbax temp directory and killed the save)."""
   from vgg_jax import inference  # pylint: disable=g-import-not-at-top
-  args = [DEFAULT, "--config.num_train_steps=700", "--config.checkpoint_every_steps=5",
+  args = [DEFAULT, "--config.num_train_steps=500", "--config.checkpoint_every_steps=5",
           "--config.log_every_steps=40", "--config.keep_checkpoints=6"]
   env = subprocess_env()
   command = lambda w: [sys.executable, "-m", "vgg_jax.main", *args, f"--workdir={w}"]
@@ -289,7 +289,7 @@ def test_reading_a_run_while_it_trains_never_harms_it(tmp_path):
           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   out, err = training.communicate()
   assert training.returncode == 0, err[-3000:]
-  assert reads >= 3, reads
+  assert reads >= 2, reads
   undisturbed = subprocess.run(command(tmp_path / "alone"), cwd=REPO, env=env,
                                capture_output=True, text=True, timeout=300)
   assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]

@@ -8,37 +8,30 @@ import json
 import re
 import textwrap
 
-import pytest
-
 from conftest import final_rows, read_csv, run_cli
 
 
-def test_digits_sweep_24_runs_its_progress_and_sequential_shards(tmp_path):
-  fast = ["--config=configs/sweep_digits.py", "--config.num_epochs=2"]
-  full = run_cli(fast, tmp_path / "full")
-  assert full.returncode == 0, full.stderr
-  assert "24 runs trained" in full.stdout
-  # The progress line: group, runs done, best (and which) and median accuracy, diverged, ETA.
-  last = [l for l in full.stderr.splitlines() if "sweep group 1/1 step 40/40" in l][-1]
-  assert re.search(r"runs 24/24 done \| validation acc best 0\.\d+ \(learning_rate=[\d.]+,"
-                   r"seed=\d\) median 0\.\d+ \| \d+ diverged \| [\d.]+ steps/s \| ETA ", last), last
-  all_runs = final_rows(read_csv(tmp_path / "full" / "results.csv"))
-  assert len(all_runs) == 24
-  keys = lambda r: (r["optimizer.learning_rate"], r["seed"])
-  assert len({keys(r) for r in all_runs.values()}) == 24
-  for i in range(2):  # Shards one after the other: the second adds to the first's record.
-    proc = run_cli(fast + [f"--sweep_shard={i}/2"], tmp_path / "sharded")
+def test_digits_sweep_in_sequential_shards_and_its_progress(tmp_path):
+  """Shards 0/2 then 1/2 into one workdir: the second adds to the first's
+  record (it used to leave only its own runs). Concurrent shards, and their
+  equality with the unsharded sweep: tests/e2e/test_slurm.py."""
+  fast = ["--config=configs/sweep_digits.py", "--config.num_epochs=1"]
+  for i in range(2):
+    proc = run_cli(fast + [f"--sweep_shard={i}/2"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "12 runs trained" in proc.stdout
-  merged = json.loads((tmp_path / "sharded" / "status.json").read_text())
+  # The progress line: group, runs done, best (and which) and median accuracy, diverged, ETA.
+  last = [l for l in proc.stderr.splitlines() if "sweep group 1/1 step 20/20" in l][-1]
+  assert re.search(r"runs 12/12 done \| validation acc best 0\.\d+ \(learning_rate=[\d.]+,"
+                   r"seed=\d\) median 0\.\d+ \| \d+ diverged \| [\d.]+ steps/s \| ETA ", last), last
+  merged = json.loads((tmp_path / "status.json").read_text())
   assert merged["status"] == "done" and len(merged["runs"]) == 24
-  assert all(r["status"] in ("done", "diverged") and r["params_sha256"]
+  assert {r["shard"] for r in merged["runs"].values()} == {"0/2", "1/2"}
+  assert all(r["status"] in ("done", "diverged") and len(r["params_sha256"]) == 64
              for r in merged["runs"].values())
-  sharded = final_rows(read_csv(tmp_path / "sharded" / "results.csv"))
-  assert set(sharded) == set(all_runs)
-  for run_id, row in sharded.items():
-    assert keys(row) == keys(all_runs[run_id])
-    assert float(row["accuracy"]) == pytest.approx(float(all_runs[run_id]["accuracy"]), abs=1e-6)
+  final = final_rows(read_csv(tmp_path / "results.csv"))
+  keys = lambda r: (r["optimizer.learning_rate"], r["seed"])
+  assert set(final) == set(merged["runs"]) and len({keys(r) for r in final.values()}) == 24
 
 
 def test_sweep_on_a_dataset_registered_in_the_config_file(loader_file, tmp_path):
