@@ -117,17 +117,13 @@ class Experiment:
     if os.path.exists(path):
       try:
         with open(path) as f:
-          old = workdir_lib._flatten(json.load(f))  # pylint: disable=protected-access
+          old = workdir_lib.flatten(json.load(f))
       except (OSError, ValueError):
         raise UserError(f"{path} is unreadable; use a new --workdir") from None
-      new = workdir_lib._flatten(setup)  # pylint: disable=protected-access
-      differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+      differ = workdir_lib.differences(old, workdir_lib.flatten(setup), shown=3)
       if differ:
-        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:3])
-        more = f"; and {len(differ) - 3} more" if len(differ) > 3 else ""
         raise UserError(f"{self.workdir} holds this experiment run with another setup "
-                        f"({shown}{more}); use a new --workdir, or the old settings to "
-                        "continue it")
+                        f"({differ}); use a new --workdir, or the old settings to continue it")
     if not self.workdir:
       raise UserError("--workdir is empty; give the directory to write the experiment into")
     os.makedirs(self.workdir, exist_ok=True)

@@ -41,24 +41,20 @@ def create_manager(workdir: str, keep: int, name: str = "",
   and deletes nothing, so it can read a run that is training (the trainer's
   in-flight temp directory is the trainer's own).
   """
-  if read_only:
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
-                                           save_interval_steps=0,
-                                           cleanup_tmp_directories=False)
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR, *([name] if name else [])))
-    absl_logger = logging.getLogger("absl")  # Orbax warns that a read-only manager reads only.
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-      return ocp.CheckpointManager(directory, options=options, item_names=("state", "train_rows"))
-    finally:
-      absl_logger.setLevel(level)
-  else:
+  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR, *([name] if name else [])))
+  if not read_only:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            cleanup_tmp_directories=True)
-  directory = os.path.join(workdir, CHECKPOINT_DIR, *([name] if name else []))
-  return ocp.CheckpointManager(os.path.abspath(directory),
-                               options=options, item_names=("state", "train_rows"))
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "train_rows"))
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                         save_interval_steps=0, cleanup_tmp_directories=False)
+  absl_logger = logging.getLogger("absl")  # Orbax warns that a read-only manager reads only.
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "train_rows"))
+  finally:
+    absl_logger.setLevel(level)
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Tuple[Any, int, Dict]:

@@ -140,7 +140,11 @@ def run_identity(config: ml_collections.ConfigDict, swept: Sequence[str] = ()) -
   unless the sweep varies it (`swept`: a sweep over num_epochs has one run
   per length)."""
   from vgg_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  flat = workdir_lib.flat_config(config)
+  return _identity(workdir_lib.flat_config(config), swept)
+
+
+def _identity(flat: Dict, swept: Sequence[str]) -> str:
+  from vgg_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   kept = {k: v for k, v in flat.items()
           if (k not in workdir_lib.RESUMABLE_CHANGES or k in swept) and k != "sweep"}
   return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
@@ -162,12 +166,20 @@ def run_name(overrides: Run, keys: Sequence[str]) -> str:
 
 @dataclasses.dataclass
 class PlannedRun:
-  """One run of the list: its identity, directory name and shard."""
+  """One run of the list: its identity, directory name, shard, and its
+  resolved config (also flat: {dotted key: value}, as config.json holds it)."""
   run_id: str
   name: str
   overrides: Run
   config: ml_collections.ConfigDict
+  flat: Dict
   shard: str
+
+  @property
+  def group_key(self) -> str:
+    """Runs whose configs differ only in VMAPPED values share one program."""
+    return json.dumps({k: v for k, v in self.flat.items() if k not in VMAPPED and k != "sweep"},
+                      sort_keys=True)
 
   def as_dict(self) -> Dict:
     return {"run_id": self.run_id, "name": self.name, "overrides": self.overrides,
@@ -177,7 +189,7 @@ class PlannedRun:
 def plan(config: ml_collections.ConfigDict, workdir: str, count: int = 1) -> List[PlannedRun]:
   """config.sweep's runs, one per distinct config (a point listed twice is
   one run), each with its shard (position i in the list: shard i % count)."""
-  from vgg_jax.training import sweep_record  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import sweep_record, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   runs = runs_from_config(config)
   if not runs:
     raise ConfigError("sweep", config.sweep, "a non-empty list of runs")
@@ -187,7 +199,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str, count: int = 1) -> Lis
   planned, seen = [], set()
   for overrides in runs:
     run_config = apply_overrides(config, overrides)
-    run_id = run_identity(run_config, list(overrides))
+    flat = workdir_lib.flat_config(run_config)
+    run_id = _identity(flat, list(overrides))
     if run_id in seen:
       continue
     seen.add(run_id)
@@ -196,19 +209,12 @@ def plan(config: ml_collections.ConfigDict, workdir: str, count: int = 1) -> Lis
       name = f"{name}-{run_id[:6]}"
     taken[name] = run_id
     index = len(planned)
-    planned.append(PlannedRun(run_id, name, overrides, run_config, f"{index % count}/{count}"))
+    planned.append(PlannedRun(run_id, name, overrides, run_config, flat,
+                              f"{index % count}/{count}"))
   return planned
 
 
 # ---------------------------------------------------------------- running
-
-
-def _group_key(config: ml_collections.ConfigDict) -> str:
-  """Runs whose configs differ only in VMAPPED values share one program."""
-  from vgg_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  flat = workdir_lib.flat_config(config)
-  return json.dumps({k: v for k, v in flat.items() if k not in VMAPPED and k != "sweep"},
-                    sort_keys=True)
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1",
@@ -245,7 +251,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard: str = "0/1
         workdir_lib.write_config(config, workdir)
       for p in mine:
         sweep_record.RunRecord(workdir, p.name, p.run_id).create(
-            p.overrides, workdir_lib.flat_config(p.config))
+            p.overrides, p.flat)
       sweep_record.write_merged(workdir, [p.as_dict() for p in planned])
 
     from vgg_jax.training import sweep_group  # pylint: disable=g-import-not-at-top

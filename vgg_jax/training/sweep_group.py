@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 import jax
 import jax.numpy as jnp
 
-from vgg_jax import faults, preemption
+from vgg_jax import faults, metrics, preemption
 from vgg_jax.errors import UserError
 from vgg_jax.training import engine, program as program_lib, sweep_record
 from vgg_jax.training import workdir as workdir_lib
@@ -181,7 +181,7 @@ class GroupOutputs:
       if diverged is not None:
         member_rows.divergence = (diverged[0], diverged[1], None)
     self.wall_offset = snapshot.get("wall_seconds", 0.0) - (time.time() - self.sweep_start)
-    self.progress = metrics_progress(schedule.total_steps, snapshot.get("train_seconds", 0.0))
+    self.progress = metrics.Progress(schedule.total_steps, snapshot.get("train_seconds", 0.0))
     for j, (m, record) in enumerate(zip(self.members, self.records)):
       diverged = rows.members[j].divergence is not None
       self._set_status(j, "diverged" if diverged else "running", start_step)
@@ -321,35 +321,13 @@ class GroupOutputs:
     return out
 
 
-def metrics_progress(total_steps: int, train_seconds: float):
-  from vgg_jax import metrics  # pylint: disable=g-import-not-at-top
-  return metrics.Progress(total_steps, train_seconds)
-
-
 def run_planned(workdir: str, planned, mine, shard: str, probe, load_once, begin) -> List[Dict]:
   """Trains the runs of `mine` (this shard's) not finished in workdir, group
   by group; `planned` is the whole list (for the merged view). begin() makes
   the sweep's first writes, once the data are loaded and the plan holds."""
-  from vgg_jax import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
   everything = [p.as_dict() for p in planned]
-  groups: Dict[str, List] = {}
-  for p in mine:
-    groups.setdefault(sweep_lib._group_key(p.config), []).append(p)  # pylint: disable=protected-access
-  datasets, programs, finished = {}, [], {}
-  for members in groups.values():
-    config = members[0].config
-    dataset = load_once(datasets, config)
-    num_devices = _num_devices(config)
-    resolved = program_lib.resolve_batch_size(config, dataset.num_train, num_devices)
-    total = program_lib.total_train_steps(resolved, dataset.num_train)
-    records = {p.run_id: sweep_record.RunRecord(workdir, p.name, p.run_id) for p in members}
-    statuses = {i: r.status() for i, r in records.items()}
-    for p in members:
-      if _final(statuses[p.run_id], total):
-        finished[p.name] = _last_score(records[p.run_id], statuses[p.run_id]["status"])
-    k = sweep_lib.vmap_size(config, dataset.info, len(members), dataset.num_train)
-    for part in plan_parts(members, statuses, total, k, workdir):
-      programs.append((config, dataset, part, total))
+  swept_keys = list(dict.fromkeys(k for p in planned for k in p.overrides))
+  programs, finished = _programs(workdir, mine, load_once)
   logger.info("sweep: %d runs, %d in shard %s, %d already finished, %d to train in %d "
               "program(s)", len(planned), len(mine), shard, len(finished),
               sum(len(p[2]) for p in programs), len(programs))
@@ -364,18 +342,11 @@ def run_planned(workdir: str, planned, mine, shard: str, probe, load_once, begin
         raise preemption.Preempted(None, workdir, signalled.signal_name or "a peer's signal")
       progress.part += 1
       with contextlib.ExitStack() as stack:
-        try:
-          for p in part:
-            stack.enter_context(workdir_lib.locked(
-                sweep_record.RunRecord(workdir, p.name, p.run_id).dir,
-                primary=jax.process_index() == 0))
-        except workdir_lib.WorkdirBusyError as e:
-          logger.warning("sweep: skipped %d run(s) that another process is training: %s",
-                         len(part), e)
+        if not _lock_runs(stack, workdir, part):
           continue
         members = [engine.Member(p.config, run_id=p.run_id, overrides=p.overrides,
                                  name=p.name, shard=p.shard,
-                                 hparams=_hparams(p, planned)) for p in part]
+                                 hparams=_hparams(p, swept_keys)) for p in part]
         outputs = GroupOutputs(workdir, members, everything, start, progress, probe)
         setup = engine.set_up(config, dataset, members, workdir, log_at_evals=True)
         results += engine.train_members(setup, members, outputs, outputs.tag)
@@ -384,16 +355,51 @@ def run_planned(workdir: str, planned, mine, shard: str, probe, load_once, begin
   return sorted(results, key=lambda r: order[r["run_id"]])
 
 
+def _programs(workdir: str, mine, load_once):
+  """([(config, dataset, runs, total steps) per program still to train],
+  {name: last score} of the runs already finished), group by group."""
+  from vgg_jax import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  groups: Dict[str, List] = {}
+  for p in mine:
+    groups.setdefault(p.group_key, []).append(p)
+  datasets, programs, finished = {}, [], {}
+  for members in groups.values():
+    config = members[0].config
+    dataset = load_once(datasets, config)
+    resolved = program_lib.resolve_batch_size(config, dataset.num_train, _num_devices(config))
+    total = program_lib.total_train_steps(resolved, dataset.num_train)
+    records = {p.run_id: sweep_record.RunRecord(workdir, p.name, p.run_id) for p in members}
+    statuses = {i: r.status() for i, r in records.items()}
+    for p in members:
+      if _final(statuses[p.run_id], total):
+        finished[p.name] = _last_score(records[p.run_id], statuses[p.run_id]["status"])
+    k = sweep_lib.vmap_size(config, dataset.info, len(members), dataset.num_train)
+    for part in plan_parts(members, statuses, total, k, workdir):
+      programs.append((config, dataset, part, total))
+  return programs, finished
+
+
+def _lock_runs(stack: contextlib.ExitStack, workdir: str, part) -> bool:
+  """Takes the locks of a program's runs; False (with a warning) where
+  another process is training one of them."""
+  try:
+    for p in part:
+      stack.enter_context(workdir_lib.locked(sweep_record.RunRecord(workdir, p.name, p.run_id).dir,
+                                             primary=jax.process_index() == 0))
+  except workdir_lib.WorkdirBusyError as e:
+    logger.warning("sweep: skipped %d run(s) that another process is training: %s", len(part), e)
+    return False
+  return True
+
+
 def _num_devices(config) -> int:
   from vgg_jax import parallel  # pylint: disable=g-import-not-at-top
   return parallel.resolve_num_devices(config.num_devices)
 
 
-def _hparams(p, planned) -> Dict:
-  """A run's HParams: the values of every key the sweep varies."""
-  keys = list(dict.fromkeys(k for q in planned for k in q.overrides))
-  flat = workdir_lib.flat_config(p.config)
-  return {k: flat.get(k, p.overrides.get(k)) for k in keys}
+def _hparams(p, keys) -> Dict:
+  """A run's HParams: its values of every key the sweep varies."""
+  return {k: p.flat.get(k, p.overrides.get(k)) for k in keys}
 
 
 def _last_score(record, status: str) -> Dict:

@@ -155,16 +155,14 @@ def merged(workdir: str, planned: Sequence[Dict] = ()) -> Dict:
   every = {**info, **existing}
   keys = sorted({k for run in every.values() for k in run.get("overrides", {})})
   swept = {}
-  for run_id, run in every.items():
+  for run_id, run in every.items():  # A run not started yet has no config here: "".
     values = run.get("config", {})
-    if not values and run_id in existing:
-      values = existing[run_id].get("config", {})
     swept[run_id] = {k: run.get("overrides", {}).get(k, values.get(k, "")) for k in keys}
   # Ordered by the swept values (numbers as numbers), whatever the list's order.
   order = sorted(every, key=lambda i: ([_sortable(swept[i][k]) for k in keys], every[i]["name"]))
   runs, rows, probes = {}, [], []
   for run_id in order:
-    run = existing.get(run_id) or info[run_id]
+    run = every[run_id]
     record = RunRecord(workdir, run["name"], run_id)
     status = record.status() or {"status": "pending"}
     entry = {"name": run["name"], **{k: status[k] for k in (

@@ -27,18 +27,18 @@ RESUMABLE_CHANGES = ("num_epochs", "num_train_steps", "log_every_steps", "eval_e
                      "sweep_vmap_size")
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
   if isinstance(tree, dict):
     out = {}
     for k, v in tree.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
+      out.update(flatten(v, f"{prefix}{k}."))
     return out
   return {prefix[:-1]: tree}
 
 
 def flat_config(config: ml_collections.ConfigDict) -> dict:
   """{dotted key: value} of a config, as its config.json holds it."""
-  return _flatten(json.loads(config.to_json_best_effort()))
+  return flatten(json.loads(config.to_json_best_effort()))
 
 
 MODEL_INFO_FILE = "model_info.json"
@@ -80,7 +80,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
       old = json.load(f)
     if not isinstance(old, dict):
       raise ValueError("not a JSON object")
-    old = _flatten(old)
+    old = flatten(old)
   except (OSError, ValueError):
     raise ConfigError("--workdir", workdir, "a fresh directory, or one written by this "
                       f"config ({path} is unreadable)") from None
@@ -88,16 +88,20 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     raise UserError(f"{workdir} holds a {'sweep' if old.get('sweep') else 'single run'}, "
                     f"and this config is a {'sweep' if is_sweep else 'single run'}; use a new "
                     "--workdir")
-  new = flat_config(config)
   ignored = RESUMABLE_CHANGES + (("sweep",) if is_sweep else ())
-  differ = sorted(k for k in set(old) | set(new)
-                  if old.get(k) != new.get(k) and k not in ignored)
+  differ = differences(old, flat_config(config), ignored)
   if differ:
-    shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:4])
-    more = f"; and {len(differ) - 4} more" if len(differ) > 4 else ""
     what = "a sweep of a different base config" if is_sweep else "a run of a different config"
-    raise UserError(f"{workdir} holds {what} ({shown}{more}); use a new --workdir, or the old "
+    raise UserError(f"{workdir} holds {what} ({differ}); use a new --workdir, or the old "
                     "values to resume it")
+
+
+def differences(old: dict, new: dict, ignored=(), shown: int = 4) -> str:
+  """The keys whose values differ between two flat configs, as
+  "key: old there, new here; ..." (the first `shown`), or "" if none do."""
+  differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignored)
+  text = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:shown])
+  return text + (f"; and {len(differ) - shown} more" if len(differ) > shown else "")
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -156,6 +160,25 @@ def locked(workdir: str, primary: bool = True, name: str = LOCK_FILE) -> Iterato
     yield
     return
   path = os.path.join(workdir, name)
+  f = _take(workdir, path)
+  _held.add(key)
+  try:
+    yield
+  except BaseException:
+    # A run that failed before writing anything (a config error found once
+    # the data is loaded, say) leaves no workdir behind if it made it.
+    if created and os.listdir(workdir) == [name]:
+      os.remove(path)
+      os.rmdir(workdir)
+    raise
+  finally:
+    _held.discard(key)
+    f.close()  # Releases the lock.
+
+
+def _take(workdir: str, path: str):
+  """Opens the lock file, takes its lock (or raises WorkdirBusyError naming
+  the holder) and writes this process's line into it; returns the open file."""
   try:
     f = open(path, "a+")  # pylint: disable=consider-using-with
   except OSError as e:
@@ -176,19 +199,7 @@ def locked(workdir: str, primary: bool = True, name: str = LOCK_FILE) -> Iterato
   started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
   f.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
   f.flush()
-  _held.add(key)
-  try:
-    yield
-  except BaseException:
-    # A run that failed before writing anything (a config error found once
-    # the data is loaded, say) leaves no workdir behind if it made it.
-    if created and os.listdir(workdir) == [name]:
-      os.remove(path)
-      os.rmdir(workdir)
-    raise
-  finally:
-    _held.discard(key)
-    f.close()  # Releases the lock.
+  return f
 
 
 def _locks_off() -> bool:
