@@ -13,7 +13,7 @@ from vgg_jax import config_lib, config_validation
 from vgg_jax.errors import ConfigError
 from vgg_jax.models import conv, onednn
 
-# CI installs g++ and libdnnl-dev and sets this, so there these tests must
+# CI installs g++ (oneDNN comes from pip) and sets this, so there these tests must
 # run; elsewhere they skip when oneDNN cannot be built.
 REQUIRED = os.environ.get("VGG_JAX_REQUIRE_ONEDNN") == "1"
 needs_onednn = pytest.mark.skipif(

@@ -17,7 +17,7 @@ the MXU and is the right choice. So the lowering is a config value:
            input gradient for an input that needs none; the same pool;
 - onednn:  oneDNN's direct convolution kernels (PyTorch's CPU convolutions)
            called through XLA's FFI, float32 (onednn.py); needs g++ and
-           oneDNN (libdnnl-dev) at first use;
+           oneDNN (pip's onednn-cpu-gomp) at first use;
 - auto:    xla on accelerators; on CPU onednn where it is available, else
            blocked (measured fastest there, see benchmarks/vgg_cpu_conv.py).
 

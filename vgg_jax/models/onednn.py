@@ -16,28 +16,32 @@ them (the ReLU mask, the pool), so callers see NHWC and HWIO as everywhere
 else and the parameters are flax's.
 
 The handlers (vgg_jax/native/onednn_conv.cc) are compiled on first use with
-the system C++ compiler against oneDNN (Debian/Ubuntu: `apt-get install g++
-libdnnl-dev`; elsewhere set ONEDNN_ROOT to an install prefix) and cached
-under ~/.cache/vgg_jax (VGG_JAX_CACHE overrides). Without a compiler or
-oneDNN, `available()` is False, says why in `unavailable_reason()`, and the
-`auto` lowering uses the blocked matmul lowering instead. VGG_JAX_ONEDNN=0
-turns this path off.
+the system C++ compiler against oneDNN 3.x or 2.x, and cached under
+~/.cache/vgg_jax (VGG_JAX_CACHE overrides). oneDNN comes from, in order:
+ONEDNN_ROOT (an install prefix), the Python environment (pip's
+`onednn-cpu-gomp` and `onednn-devel-cpu-gomp`, which `pip install vgg_jax`
+brings on x86-64 Linux), or the system (`apt-get install libdnnl-dev`).
+Without a compiler or oneDNN, `available()` is False, says why in
+`unavailable_reason()` and in one log line, and the `auto` lowering uses the
+blocked matmul lowering instead. VGG_JAX_ONEDNN=0 turns this path off.
 """
 
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import pathlib
 import subprocess
+import sys
 import tempfile
 import threading
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import jaxlib
 
+logger = logging.getLogger(__name__)  # Shown by the CLIs (cli.setup_logging).
 SOURCE = pathlib.Path(__file__).resolve().parent.parent / "native" / "onednn_conv.cc"
 _TARGETS = {
     "vgg_onednn_conv_forward": "VggOnednnConvForward",
@@ -55,9 +59,22 @@ def cache_dir() -> pathlib.Path:
   return pathlib.Path(root) / "native"
 
 
+def onednn_root() -> str:
+  """The install prefix holding oneDNN's headers and library: ONEDNN_ROOT,
+  else this Python environment's (pip's onednn packages put them in
+  <prefix>/include and <prefix>/lib), else "" for the system's."""
+  root = os.environ.get("ONEDNN_ROOT")
+  if root:
+    return root
+  for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+    if (pathlib.Path(prefix) / "include/oneapi/dnnl/dnnl.hpp").is_file():
+      return prefix
+  return ""
+
+
 def _compile_flags():
   flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}"]
-  root = os.environ.get("ONEDNN_ROOT")
+  root = onednn_root()
   if root:
     flags += [f"-I{root}/include", f"-L{root}/lib", f"-Wl,-rpath,{root}/lib"]
   return flags
@@ -123,8 +140,9 @@ def available() -> bool:
         except (OSError, RuntimeError) as e:
           _state["error"] = str(e).splitlines()[0]
         if "error" in _state:
-          logging.info("oneDNN convolutions unavailable (%s); using the blocked matmul "
-                       "lowering. Install g++ and libdnnl-dev to enable them.", _state["error"])
+          logger.info("oneDNN convolutions unavailable (%s); using the blocked matmul "
+                       "lowering. Install g++ (and oneDNN: pip install onednn-cpu-gomp "
+                       "onednn-devel-cpu-gomp) to enable them.", _state["error"])
     return "block" in _state
 
 

@@ -11,7 +11,8 @@
 // transposes, which fuse with the elementwise work around them. Weights are HWIO [3, 3, Cin, Cout], as in flax; each call reorders
 // them to the kernel's preferred format (they are small next to activations).
 //
-// Built on first use by vgg_jax/models/onednn.py (g++ and libdnnl-dev).
+// Built on first use by vgg_jax/models/onednn.py (g++, and oneDNN from pip or
+// the system).
 
 #include <cstdint>
 #include <cstdio>
@@ -28,8 +29,12 @@
 #include "oneapi/dnnl/dnnl_version.h"
 #include "xla/ffi/api/ffi.h"
 
-#if DNNL_VERSION_MAJOR != 2
-#error "vgg_jax needs the oneDNN 2.x API (e.g. Debian 12's libdnnl-dev 2.6); 3.x is not ported yet"
+// Both oneDNN APIs build: 3.x (pip's onednn-cpu-gomp, which pyproject.toml
+// depends on, and newer distributions) and 2.x (Debian 12's libdnnl-dev 2.6).
+// 3.x dropped the operation descriptors: primitive descriptors take the
+// engine and the operands directly.
+#if DNNL_VERSION_MAJOR < 2 || DNNL_VERSION_MAJOR > 3
+#error "vgg_jax supports oneDNN 2.x and 3.x"
 #endif
 
 namespace ffi = xla::ffi;
@@ -106,7 +111,11 @@ dnnl::primitive_attr Attr(bool relu) {
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (relu) {
     dnnl::post_ops ops;
+#if DNNL_VERSION_MAJOR >= 3
+    ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+#else
     ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+#endif
     attr.set_post_ops(ops);
   }
   return attr;
@@ -115,11 +124,18 @@ dnnl::primitive_attr Attr(bool relu) {
 const memory::dims kOnes = {1, 1};
 
 dnnl::convolution_forward::primitive_desc ForwardPd(const Shape& s) {
+#if DNNL_VERSION_MAJOR >= 3
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      Activation(s, s.cin, s.cb_in), AnyWeights(s), Bias(s), Activation(s, s.cout, s.cb_out),
+      kOnes, kOnes, kOnes, Attr(s.relu));
+#else
   dnnl::convolution_forward::desc desc(
       dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
       Activation(s, s.cin, s.cb_in), AnyWeights(s), Bias(s), Activation(s, s.cout, s.cb_out),
       kOnes, kOnes, kOnes);
   return dnnl::convolution_forward::primitive_desc(desc, Attr(s.relu), Engine());
+#endif
 }
 
 // One compiled primitive per layer shape, with the reorder between the
@@ -144,20 +160,34 @@ Forward MakeForward(const Shape& s) {
 }
 
 BackwardData MakeBackwardData(const Shape& s) {
+#if DNNL_VERSION_MAJOR >= 3
+  BackwardData::Pd pd(Engine(), dnnl::algorithm::convolution_direct,
+                      Activation(s, s.cin, s.cb_in), AnyWeights(s),
+                      Activation(s, s.cout, s.cb_out), kOnes, kOnes, kOnes, ForwardPd(s),
+                      Attr(false));
+#else
   BackwardData::Pd pd(
       dnnl::convolution_backward_data::desc(
           dnnl::algorithm::convolution_direct, Activation(s, s.cin, s.cb_in), AnyWeights(s),
           Activation(s, s.cout, s.cb_out), kOnes, kOnes, kOnes),
       Attr(false), Engine(), ForwardPd(s));
+#endif
   return BackwardData(pd, UserWeights(s), pd.weights_desc());
 }
 
 BackwardWeights MakeBackwardWeights(const Shape& s) {
+#if DNNL_VERSION_MAJOR >= 3
+  BackwardWeights::Pd pd(Engine(), dnnl::algorithm::convolution_direct,
+                         Activation(s, s.cin, s.cb_in), AnyWeights(s), Bias(s),
+                         Activation(s, s.cout, s.cb_out), kOnes, kOnes, kOnes, ForwardPd(s),
+                         Attr(false));
+#else
   BackwardWeights::Pd pd(
       dnnl::convolution_backward_weights::desc(
           dnnl::algorithm::convolution_direct, Activation(s, s.cin, s.cb_in), AnyWeights(s),
           Bias(s), Activation(s, s.cout, s.cb_out), kOnes, kOnes, kOnes),
       Attr(false), Engine(), ForwardPd(s));
+#endif
   return BackwardWeights(pd, pd.diff_weights_desc(), UserWeights(s));
 }
 
