@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from vgg_jax import config_lib, finetune, models, optim, pretrained, train
+from vgg_jax import config_lib, finetune, models, optim, pretrained, training
 
 
 def _vgg(name="vgg16", num_outputs=1000, **overrides):
@@ -102,10 +102,10 @@ def test_frozen_layers_do_not_change():
   for freeze, moving in (("conv", {"fc1", "head"}), ("all_but_head", {"head"})):
     config.optimizer.weight_decay = 0.1  # Would move frozen weights if not masked.
     tx, lr_multiplier = optim.create_optimizer(config.optimizer, 10, finetune.frozen_fn(freeze))
-    state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (32, 32, 1))
+    state = training.create_train_state(jax.random.PRNGKey(0), model, tx, (32, 32, 1))
     before = jax.tree.map(np.asarray, state.params)
-    step = jax.jit(lambda s, b: train.train_step(
-        s, b, head=models.get_head("category"), preprocess=train.make_preprocess((0.5,), (0.5,)),
+    step = jax.jit(lambda s, b: training.train_step(
+        s, b, head=models.get_head("category"), preprocess=training.make_preprocess((0.5,), (0.5,)),
         lr_multiplier=lr_multiplier))
     rng = np.random.default_rng(0)
     for _ in range(3):
@@ -155,7 +155,7 @@ def _replace(state, **changes):
 
 WEIGHTS_FAULTS = {
     # name: (torchvision state -> state or raw safetensors header, model changes, message)
-    "header_is_a_list": (lambda s: [1, 2], {}, "the header is a JSON list"),
+    "header_is_a_list": (lambda s: [1, 2], {}, "not a readable safetensors file"),
     "header_entry_is_a_string": (lambda s: {"features.0.weight": "x"}, {},
                                  "not a readable safetensors file"),
     "conv_bias_missing": (lambda s: _replace(s, features__0__bias=None), {},
@@ -207,6 +207,21 @@ def test_the_unbroken_weights_file_loads(tmp_path):
   config.pretrained = str(path)
   layers, preprocessing = finetune.load_pretrained(config, shapes(config), 3)
   assert preprocessing["name"] == "torch" and "conv4_2" in layers
+
+
+def test_a_bf16_safetensors_file_loads_as_its_float32_values(tmp_path):
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  state, _, _ = _weights_fixture()
+  path = tmp_path / "bf16.safetensors"
+  save_file({k: np.ascontiguousarray(v, ml_dtypes.bfloat16) for k, v in state.items()},
+            str(path))
+  read = pretrained.read_safetensors(str(path))
+  assert sorted(read) == sorted(state)
+  for key, value in state.items():
+    assert read[key].dtype == np.float32
+    np.testing.assert_array_equal(read[key], np.asarray(value, ml_dtypes.bfloat16).astype(np.float32))
+  assert any(not np.array_equal(read[k], state[k]) for k in state)  # bf16 did round something.
 
 
 @pytest.mark.parametrize("content,expected", [
