@@ -30,7 +30,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from benchmarks.common import torch_mlp_trainer
-from vgg_jax import config_lib, data, models, optim, train
+from vgg_jax import config_lib, data, models, optim, training
 from vgg_jax.data import pipeline
 
 BATCH = 128
@@ -48,14 +48,14 @@ def vgg_jax_runner(dataset, scan: bool):
   head = models.get_head("category")
   model = models.create_model(config.model, 10)
   tx, shape = optim.create_optimizer(config.optimizer, total_steps=10_000)
-  state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
-  step_fn = functools.partial(train.train_step, head=head, lr_multiplier=shape,
-                              preprocess=train.make_preprocess(dataset.info.mean,
+  state = training.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
+  step_fn = functools.partial(training.train_step, head=head, lr_multiplier=shape,
+                              preprocess=training.make_preprocess(dataset.info.mean,
                                                                dataset.info.std))
   pipe = pipeline.InMemoryPipeline(dataset, BATCH, seed=0)
   images, labels = pipe.arrays["train"]
   spe = pipe.steps_per_epoch
-  chunk = jax.jit(functools.partial(train.train_chunk, batch_size=BATCH, step_fn=step_fn),
+  chunk = jax.jit(functools.partial(training.train_chunk, batch_size=BATCH, step_fn=step_fn),
                   static_argnames="length", donate_argnums=0)
   holder = {"state": state, "epoch": 0}
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import best_seconds, matmul_peak_flops
-from vgg_jax import config_lib, models, optim, train
+from vgg_jax import config_lib, models, optim, training
 
 LAYERS = (784, 1024, 1024, 1024, 10)
 BATCH = 128
@@ -67,9 +67,9 @@ def main():
   head = models.get_head("category")
   model = models.create_model(config.model, LAYERS[-1])
   tx, shape = optim.create_optimizer(config.optimizer, total_steps=args.steps)
-  state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
-  preprocess = train.make_preprocess(mean=(0.5,), std=(0.25,))
-  step_fn = jax.jit(functools.partial(train.train_step, head=head, preprocess=preprocess,
+  state = training.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1))
+  preprocess = training.make_preprocess(mean=(0.5,), std=(0.25,))
+  step_fn = jax.jit(functools.partial(training.train_step, head=head, preprocess=preprocess,
                                       lr_multiplier=shape), donate_argnums=0)
   rng = np.random.default_rng(0)
   batches = [jax.device_put({"image": rng.integers(0, 256, (BATCH, 28, 28, 1), np.uint8),

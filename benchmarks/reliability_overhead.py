@@ -29,9 +29,9 @@ sys.path.insert(0, ROOT)
 def _without_flags(train_step):
   @functools.wraps(train_step)
   def step(*args, **kwargs):
-    from vgg_jax import train  # pylint: disable=g-import-not-at-top
+    from vgg_jax import training  # pylint: disable=g-import-not-at-top
     state, metrics = train_step(*args, **kwargs)
-    return state, {k: v for k, v in metrics.items() if k != train.GRAD_FINITE}
+    return state, {k: v for k, v in metrics.items() if k != training.GRAD_FINITE}
   return step
 
 
@@ -39,20 +39,20 @@ VARIANTS = {"off": (False, False), "NaN checks only": (False, True), "on": (True
 
 
 def run(config, checkpoints: bool, nan_checks: bool) -> float:
-  from vgg_jax import train  # pylint: disable=g-import-not-at-top
+  from vgg_jax import training  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
-  original = train.train_step
+  original = training.train_step
   if not checkpoints:
     config.checkpoint_every_steps = 10**9  # Only the final save.
   if not nan_checks:
-    train.train_step = _without_flags(original)
+    training.train_step = _without_flags(original)
   workdir = tempfile.mkdtemp(prefix="reliability_overhead_")
   try:
     start = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
+    training.train_and_evaluate(config, workdir)
     return time.perf_counter() - start
   finally:
-    train.train_step = original
+    training.train_step = original
     shutil.rmtree(workdir, ignore_errors=True)
 
 

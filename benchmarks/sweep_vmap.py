@@ -188,16 +188,16 @@ def scaling_child(n):
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vgg_jax import config_lib, models, optim, parallel, train  # pylint: disable=g-import-not-at-top
+  from vgg_jax import config_lib, models, optim, parallel, training  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config()
   config.model.hidden_sizes = (256, 256)
   config.optimizer.name = "momentum"
   model = models.create_model(config.model, 10)
   tx, shape = optim.create_optimizer(config.optimizer, 1000)
   dp = parallel.DataParallel.create(n)
-  state = dp.replicate(train.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1)))
-  step = jax.jit(functools.partial(train.train_step, head=models.get_head("category"),
-                                   preprocess=train.make_preprocess((0.5,), (0.25,)),
+  state = dp.replicate(training.create_train_state(jax.random.PRNGKey(0), model, tx, (28, 28, 1)))
+  step = jax.jit(functools.partial(training.train_step, head=models.get_head("category"),
+                                   preprocess=training.make_preprocess((0.5,), (0.25,)),
                                    lr_multiplier=shape), donate_argnums=0)
   rng = np.random.default_rng(0)
   batch = dp.shard_batch({"image": rng.integers(0, 256, (128, 28, 28, 1), np.uint8),

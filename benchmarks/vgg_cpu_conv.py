@@ -69,7 +69,7 @@ def train_flops_per_image(multiplier) -> float:
 def jax_images_per_sec(multiplier, lowering, repeats, steps) -> float:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vgg_jax import config_lib, models, optim, train  # pylint: disable=g-import-not-at-top
+  from vgg_jax import config_lib, models, optim, training  # pylint: disable=g-import-not-at-top
   from vgg_jax.models import vgg as vgg_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config()
   config.model.name = "vgg16"
@@ -80,9 +80,9 @@ def jax_images_per_sec(multiplier, lowering, repeats, steps) -> float:
   config.optimizer.name, config.optimizer.learning_rate = "momentum", 0.01
   model = models.create_model(config.model, CLASSES)
   tx, shape = optim.create_optimizer(config.optimizer, 1000)
-  holder = [train.create_train_state(jax.random.PRNGKey(0), model, tx, (SIZE, SIZE, 1))]
-  step = jax.jit(functools.partial(train.train_step, head=models.get_head("category"),
-                                   preprocess=train.make_preprocess((0.5,), (0.25,)),
+  holder = [training.create_train_state(jax.random.PRNGKey(0), model, tx, (SIZE, SIZE, 1))]
+  step = jax.jit(functools.partial(training.train_step, head=models.get_head("category"),
+                                   preprocess=training.make_preprocess((0.5,), (0.25,)),
                                    lr_multiplier=shape), donate_argnums=0)
   rng = np.random.default_rng(0)
   batch = jax.device_put({"image": rng.integers(0, 256, (BATCH, SIZE, SIZE, 1), np.uint8),

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli, subprocess_env, tiny_config
-from vgg_jax import checkpoint, metrics, models, optim, preemption, train
+from vgg_jax import checkpoint, metrics, models, optim, preemption, training
 from vgg_jax.errors import ConfigError
 
 
@@ -24,7 +24,7 @@ def final_params(config, workdir, num_classes):
   head = models.get_head(config.head)
   model = models.create_model(config.model, head.num_outputs(num_classes))
   tx, _ = optim.create_optimizer(config.optimizer, 10)
-  template = train.create_train_state(jax.random.PRNGKey(0), model, tx,
+  template = training.create_train_state(jax.random.PRNGKey(0), model, tx,
                                       tuple(config.dataset.synthetic.image_shape))
   state, _, _ = checkpoint.restore_latest(checkpoint.create_manager(workdir, 1), template)
   return state
@@ -33,7 +33,7 @@ def final_params(config, workdir, num_classes):
 def run(config, tmp_path, name, parallelism, devices):
   config.parallelism, config.num_devices = parallelism, devices
   workdir = str(tmp_path / name)
-  result = train.train_and_evaluate(config, workdir)
+  result = training.train_and_evaluate(config, workdir)
   return result, final_params(config, workdir, 3), metrics.read_metrics(workdir)
 
 
@@ -84,11 +84,11 @@ def test_batch_that_does_not_divide_the_devices_is_a_config_error(tmp_path):
   config = tiny_config()
   config.batch_size, config.num_devices = 36, 8
   with pytest.raises(ConfigError, match="batch_size=36.*multiple of the 8 devices"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    training.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
   config.batch_size, config.num_devices = 32, 16
   with pytest.raises(ConfigError, match="num_devices=16"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    training.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 # ------------------------------------------------------------ processes

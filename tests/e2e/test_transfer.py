@@ -25,7 +25,7 @@ import pytest
 
 from conftest import (REPO, assert_one_line, built_once, in_a_mount_namespace, run_cli,
                       subprocess_env, tiny_config)
-from vgg_jax import config_lib, data, finetune, inference, models, pretrained, sweep, train
+from vgg_jax import config_lib, data, finetune, inference, models, pretrained, sweep, training
 from vgg_jax.errors import ConfigError
 from vgg_jax.training import program as program_lib, steps
 
@@ -263,7 +263,7 @@ def test_cached_features_train_with_the_configured_activation(conv_weights, tmp_
   config.model.cache_features = True
   config.dataset.pipeline = "memory"
   config.model.activation = "tanh"
-  train.train_and_evaluate(config, str(tmp_path))
+  training.train_and_evaluate(config, str(tmp_path))
   dataset = data.load(config.dataset)
   program = program_lib.build(config, dataset.info, 4)
   assert program.model.activation == "tanh"

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import tiny_config
-from vgg_jax import checkpoint, metrics, train
+from vgg_jax import checkpoint, metrics, training
 
 
 def comparable(rows):
@@ -33,16 +33,16 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
   config = tiny_config()
   config.num_epochs = 3  # Checkpoints at 8, 16, 24.
   full = str(tmp_path / "full")
-  train.train_and_evaluate(config, full)
+  training.train_and_evaluate(config, full)
   expected = comparable(metrics.read_metrics(full))
 
   work = str(tmp_path / "work")
   config.num_train_steps = 16
-  train.train_and_evaluate(config, work)  # Stops at 16: checkpoints 8 and 16.
+  training.train_and_evaluate(config, work)  # Stops at 16: checkpoints 8 and 16.
   damage(os.path.join(work, "checkpoints", "16"))
   config.num_train_steps = -1
   with caplog.at_level(logging.WARNING, logger="vgg_jax"):
-    train.train_and_evaluate(config, work)
+    training.train_and_evaluate(config, work)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert any("checkpoint at step 16 is unreadable" in w for w in warnings), warnings
   assert os.listdir(os.path.join(work, checkpoint.CORRUPT_DIR))  # Moved, not deleted.

@@ -190,7 +190,7 @@ def test_im2col_training_steps_match_xla_after_updates():
   reshape pool's backward once compared against a recomputed input and lost
   gradients from the second step on."""
   import functools  # pylint: disable=g-import-not-at-top,redefined-outer-name,reimported
-  from vgg_jax import optim, train  # pylint: disable=g-import-not-at-top
+  from vgg_jax import optim, training  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (32, 32, 32, 1)).astype(np.uint8),
            "label": rng.integers(0, 3, 32).astype(np.int32)}
@@ -202,9 +202,9 @@ def test_im2col_training_steps_match_xla_after_updates():
     cfg.optimizer.name, cfg.optimizer.learning_rate = "momentum", 0.05
     model = models.create_model(cfg.model, 3)
     tx, shape = optim.create_optimizer(cfg.optimizer, 10)
-    state = train.create_train_state(jax.random.PRNGKey(0), model, tx, (32, 32, 1))
-    step = jax.jit(functools.partial(train.train_step, head=models.get_head("category"),
-                                     preprocess=train.make_preprocess((0.5,), (0.25,)),
+    state = training.create_train_state(jax.random.PRNGKey(0), model, tx, (32, 32, 1))
+    step = jax.jit(functools.partial(training.train_step, head=models.get_head("category"),
+                                     preprocess=training.make_preprocess((0.5,), (0.25,)),
                                      lr_multiplier=shape))
     norms[lowering] = []
     for _ in range(4):

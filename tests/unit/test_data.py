@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import dataset_config, png_header, tiny_config, write_idx_dir, write_images
-from vgg_jax import data, metrics, train
+from vgg_jax import data, metrics, training
 from vgg_jax.data import idx, pipeline
 from vgg_jax.errors import ConfigError, DataError
 
@@ -77,7 +77,7 @@ def test_tfds_path_trains_with_mock_data(tmp_path):
   config.num_epochs = 1
   config.batch_size = 16
   with tfds.testing.mock_data(num_examples=64):
-    result = train.train_and_evaluate(config, str(tmp_path / "run"))
+    result = training.train_and_evaluate(config, str(tmp_path / "run"))
   assert 0.0 <= result["accuracy"] <= 1.0
   with open(tmp_path / "run" / "config.json") as f:
     assert '"fashion_mnist"' in f.read()
@@ -120,7 +120,7 @@ def test_real_fashion_mnist_one_short_epoch(tmp_path):
   config.model.hidden_sizes = (128,)
   config.batch_size, config.num_epochs, config.log_every_steps = 128, 1, 50
   config.eval_batch_size = 2000
-  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  result = training.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["accuracy"] > 0.7  # Chance is 0.1.
 
 
@@ -145,7 +145,7 @@ def test_image_folder_config_trains(tmp_path):
   config.dataset = dataset_config("image_folder", path=str(tmp_path / "images"), image_size=8,
                                   test_fraction=0.25)
   config.batch_size, config.num_epochs = 4, 3
-  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  result = training.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["step"] == 3 * (8 // 4)
 
 
@@ -218,7 +218,7 @@ def test_epoch_as_one_scan_equals_the_per_step_loop(tmp_path):
   results = {}
   for scan in (True, False):
     config.scan_epoch = scan
-    results[scan] = train.train_and_evaluate(config, str(tmp_path / str(scan)))
+    results[scan] = training.train_and_evaluate(config, str(tmp_path / str(scan)))
   rows = {s: metrics.read_metrics(str(tmp_path / str(s))) for s in (True, False)}
   assert [(r["step"], r["split"]) for r in rows[True]] == [
       (r["step"], r["split"]) for r in rows[False]]

@@ -6,14 +6,14 @@ a sweep stopped mid-group resumes from its checkpoint: tests/e2e/test_resume.py.
 import json
 
 from conftest import read_csv, tiny_config
-from vgg_jax import metrics, sweep, train
+from vgg_jax import metrics, sweep, training
 
 
 def test_sweep_of_one_equals_the_single_run_bit_for_bit(tmp_path):
   config = tiny_config()
   config.model.dropout_rate = 0.1
   config.optimizer.name = "momentum"
-  alone = train.train_and_evaluate(config, str(tmp_path / "alone"))
+  alone = training.train_and_evaluate(config, str(tmp_path / "alone"))
   config.sweep = sweep.to_config([{"seed": 0}])
   [result] = sweep.run_sweep(config, str(tmp_path / "sweep"))
   status = json.load(open(tmp_path / "sweep" / metrics.STATUS_FILE))
@@ -59,7 +59,7 @@ def test_full_batch_is_batch_size_minus_one(tmp_path):
   config.batch_size = -1
   config.num_epochs = 3
   config.optimizer.name = "sgd"
-  result = train.train_and_evaluate(config, str(tmp_path))
+  result = training.train_and_evaluate(config, str(tmp_path))
   assert result["step"] == 3  # One step per epoch: all 256 examples in each.
   rows = metrics.read_metrics(str(tmp_path), "test")
   assert [r["step"] for r in rows] == [1, 2, 3]

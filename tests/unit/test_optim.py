@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from vgg_jax import config_lib, data, models, optim, train
+from vgg_jax import config_lib, data, models, optim, training
 
 # A rate per optimizer that takes a visible step on the tiny problem.
 RATES = {"sgd": 0.1, "momentum": 0.1, "nesterov": 0.1, "adagrad": 0.1, "rmsprop": 0.01,
@@ -27,7 +27,7 @@ def tiny_problem(config):
   model = models.create_model(config.model, dataset.info.num_classes)
   images, labels = dataset.splits["train"]
   batch = {"image": images[:64], "label": labels[:64]}
-  preprocess = train.make_preprocess(dataset.info.mean, dataset.info.std)
+  preprocess = training.make_preprocess(dataset.info.mean, dataset.info.std)
   return dataset.info, model, batch, preprocess
 
 
@@ -39,10 +39,10 @@ def test_registry_covers_the_lineage():
 def test_one_step_of_each_optimizer_lowers_the_loss(name, config):
   dataset, model, batch, preprocess = tiny_problem(config)
   tx, shape = optim.create_optimizer(optimizer_config(name=name, learning_rate=RATES[name]), 10)
-  state = train.create_train_state(jax.random.PRNGKey(0), model, tx, dataset.image_shape)
+  state = training.create_train_state(jax.random.PRNGKey(0), model, tx, dataset.image_shape)
   head = models.get_head("category")
-  step = functools.partial(train.train_step, head=head, preprocess=preprocess, lr_multiplier=shape)
-  eval_fn = functools.partial(train.eval_step, head=head, preprocess=preprocess)
+  step = functools.partial(training.train_step, head=head, preprocess=preprocess, lr_multiplier=shape)
+  eval_fn = functools.partial(training.eval_step, head=head, preprocess=preprocess)
   mask = np.ones(64, np.float32)
   before = eval_fn(state, batch, mask)["loss"]
   new_state, metrics = jax.jit(step)(state, batch)

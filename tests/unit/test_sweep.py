@@ -9,7 +9,7 @@ import os
 import pytest
 
 from conftest import read_csv, tiny_config
-from vgg_jax import sweep, train
+from vgg_jax import sweep, training
 from vgg_jax.errors import ConfigError
 
 
@@ -34,7 +34,7 @@ def test_vmapped_models_equal_separate_runs(tmp_path):
   for i, (run, r) in enumerate(zip(runs, results)):
     assert r["optimizer.learning_rate"] == run["optimizer.learning_rate"] and r["seed"] == run["seed"]
     single = sweep.apply_overrides(config, run)
-    alone = train.train_and_evaluate(single, str(tmp_path / f"alone{i}"))
+    alone = training.train_and_evaluate(single, str(tmp_path / f"alone{i}"))
     assert r["test_loss"] == pytest.approx(alone["loss"], rel=1e-4)
     assert r["test_accuracy"] == pytest.approx(alone["accuracy"], abs=1e-6)
   # Different seeds and rates really are different models.
@@ -55,7 +55,7 @@ def test_one_model_at_a_time_uses_each_runs_own_seed(tmp_path):
   hashes = [status["runs"][r["run_id"]]["params_sha256"] for r in results]
   for i, r in enumerate(runs):
     single = sweep.apply_overrides(config, r)
-    train.train_and_evaluate(single, str(tmp_path / f"alone{i}"))
+    training.train_and_evaluate(single, str(tmp_path / f"alone{i}"))
     alone = json.loads((tmp_path / f"alone{i}" / "status.json").read_text())
     assert hashes[i] == alone["params_sha256"], i
 
@@ -81,7 +81,7 @@ def test_members_with_one_seed_share_one_batch_and_equal_separate_runs(tmp_path,
   assert ranks and set(ranks) == {1}
   for i, (rate, r) in enumerate(zip(rates, results)):
     single = sweep.apply_overrides(config, {"optimizer.learning_rate": rate})
-    alone = train.train_and_evaluate(single, str(tmp_path / f"alone{i}"))
+    alone = training.train_and_evaluate(single, str(tmp_path / f"alone{i}"))
     assert r["test_loss"] == pytest.approx(alone["loss"], rel=1e-5)
   assert len({round(r["test_loss"], 6) for r in results}) == 3
 
@@ -93,7 +93,7 @@ def test_diverged_member_is_frozen_and_siblings_are_untouched(tmp_path):
   results = sweep.run_sweep(config, str(tmp_path / "s"))
   assert results[1]["status"] == "diverged" and results[0]["status"] == "done"
   config.sweep, config.optimizer.learning_rate = "", 0.05
-  alone = train.train_and_evaluate(config, str(tmp_path / "alone"))
+  alone = training.train_and_evaluate(config, str(tmp_path / "alone"))
   assert results[0]["test_loss"] == pytest.approx(alone["loss"], rel=1e-5)
 
 

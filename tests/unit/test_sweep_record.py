@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import read_csv, tiny_config
-from vgg_jax import sweep, train
+from vgg_jax import sweep, training
 from vgg_jax.errors import ConfigError, UserError
 
 
@@ -146,12 +146,12 @@ def test_a_longer_run_continues_every_run_and_a_shorter_one_is_refused(tmp_path)
 
 def test_a_sweep_and_a_single_run_never_share_a_workdir(tmp_path):
   single = tiny_config()
-  train.train_and_evaluate(single, str(tmp_path / "run"))
+  training.train_and_evaluate(single, str(tmp_path / "run"))
   with pytest.raises(UserError, match="holds a single run"):
     sweep.run_sweep(_sweep([0.1]), str(tmp_path / "run"))
   sweep.run_sweep(_sweep([0.1]), str(tmp_path / "sweep"))
   with pytest.raises(UserError, match="holds a sweep"):
-    train.train_and_evaluate(single, str(tmp_path / "sweep"))
+    training.train_and_evaluate(single, str(tmp_path / "sweep"))
 
 
 def test_every_run_has_tensorboard_scalars_and_hparams(tmp_path):
@@ -175,7 +175,7 @@ def test_every_run_has_tensorboard_scalars_and_hparams(tmp_path):
 
 def test_a_single_run_writes_hparams(tmp_path):
   config = tiny_config()
-  train.train_and_evaluate(config, str(tmp_path))
+  training.train_and_evaluate(config, str(tmp_path))
   [path] = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
   events = event_accumulator.EventAccumulator(path)
   events.Reload()

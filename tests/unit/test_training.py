@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import status, tiny_config
-from vgg_jax import checkpoint, data, metrics, train
+from vgg_jax import checkpoint, data, metrics, models, optim, training
 from vgg_jax.data import pipeline
 from vgg_jax.errors import DivergedError
 
@@ -26,7 +26,7 @@ def comparable(rows):
 
 def test_train_and_evaluate_writes_every_output(config, tmp_path):
   workdir = str(tmp_path / "run")
-  result = train.train_and_evaluate(config, workdir)
+  result = training.train_and_evaluate(config, workdir)
   rows = metrics.read_metrics(workdir)
   assert {r["split"] for r in rows} == {"train", "test"}
   assert all(REQUIRED_KEYS <= set(r) for r in rows)
@@ -49,7 +49,7 @@ def test_train_and_evaluate_writes_every_output(config, tmp_path):
 def test_training_learns_the_synthetic_task(config, tmp_path):
   config.num_epochs = 6
   config.optimizer.learning_rate = 0.01
-  result = train.train_and_evaluate(config, str(tmp_path))
+  result = training.train_and_evaluate(config, str(tmp_path))
   assert result["accuracy"] > 0.9  # Chance is 1/3.
 
 
@@ -58,16 +58,16 @@ def test_same_seed_gives_identical_metrics_and_other_seed_does_not(config, tmp_p
   runs = {}
   for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
     config.seed = seed
-    train.train_and_evaluate(config, str(tmp_path / name))
+    training.train_and_evaluate(config, str(tmp_path / name))
     runs[name] = comparable(metrics.read_metrics(str(tmp_path / name)))
   assert runs["a"] == runs["b"]
   assert runs["a"] != runs["c"]
 
 
 def test_rerun_after_finish_resumes_and_changes_nothing(config, tmp_path):
-  first = train.train_and_evaluate(config, str(tmp_path))
+  first = training.train_and_evaluate(config, str(tmp_path))
   rows = metrics.read_metrics(str(tmp_path))
-  again = train.train_and_evaluate(config, str(tmp_path))
+  again = training.train_and_evaluate(config, str(tmp_path))
   assert again["accuracy"] == first["accuracy"] and again["loss"] == first["loss"]
   assert metrics.read_metrics(str(tmp_path)) == rows
 
@@ -76,15 +76,15 @@ def test_resume_from_a_middle_checkpoint_matches_uninterrupted(config, tmp_path)
   """Delete the last checkpoint and the rows after the middle one: as if the
   process died right after step 8. The rerun must redo steps 9..16 exactly."""
   full = str(tmp_path / "full")
-  train.train_and_evaluate(config, full)
+  training.train_and_evaluate(config, full)
   expected = comparable(metrics.read_metrics(full))
   cut = str(tmp_path / "cut")
-  train.train_and_evaluate(config, cut)
+  training.train_and_evaluate(config, cut)
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(os.path.join(cut, "checkpoints", "16"))
   with open(os.path.join(cut, "metrics.jsonl"), "a") as f:
     f.write('{"step": 12, "split": "train", "loss": 9.9}\n{"step": 13, "spl')  # Torn row.
-  train.train_and_evaluate(config, cut)
+  training.train_and_evaluate(config, cut)
   assert comparable(metrics.read_metrics(cut)) == expected
 
 
@@ -127,10 +127,10 @@ def test_vgg_with_batch_norm_trains_on_digits(tmp_path):
   config.num_train_steps = 3
   config.batch_size = 16
   config.num_devices = 1
-  result = train.train_and_evaluate(config, str(tmp_path))
+  result = training.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(result["loss"])
-  state = train.create_train_state(jax.random.PRNGKey(0), train.models.create_model(
-      config.model, 10), train.optim.create_optimizer(config.optimizer, 3)[0], (17, 17, 1))
+  state = training.create_train_state(jax.random.PRNGKey(0), models.create_model(
+      config.model, 10), optim.create_optimizer(config.optimizer, 3)[0], (17, 17, 1))
   restored, step, _ = checkpoint.restore_latest(
       checkpoint.create_manager(str(tmp_path), 3), state)
   assert step == 3 and restored.batch_stats  # BatchNorm stats are checkpointed.
@@ -167,7 +167,7 @@ def _nan_config():
 
 def test_divergence_stops_names_step_and_layer_and_keeps_earlier_checkpoints(tmp_path):
   with pytest.raises(DivergedError, match=r"diverged at step 2\d.*layer (hidden_0|output)"):
-    train.train_and_evaluate(_nan_config(), str(tmp_path))
+    training.train_and_evaluate(_nan_config(), str(tmp_path))
   at = status(tmp_path)
   assert at["status"] == "diverged" and 20 < at["step"] <= 40
   assert at["layer"] in ("hidden_0", "output")
@@ -180,5 +180,5 @@ def test_divergence_inside_a_scanned_epoch_is_caught_at_its_end(tmp_path):
   config = _nan_config()
   config.scan_epoch = True
   with pytest.raises(DivergedError, match="diverged at step 2"):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   assert status(tmp_path)["status"] == "diverged"

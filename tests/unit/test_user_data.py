@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import DEFAULT, dataset_config, parse_config, rows, status, tiny_config
-from vgg_jax import config_validation, data, inference, train
+from vgg_jax import config_validation, data, inference, training
 from vgg_jax.data import user as user_lib
 from vgg_jax.errors import ConfigError, DataError, Interrupted, UserError
 
@@ -76,7 +76,7 @@ def test_the_default_config_learns_float_features(loader_file, tmp_path):
   config = parse_config(DEFAULT, f"--config.dataset.name={loader_file}:features",
                         "--config.num_epochs=6", "--config.optimizer.name=adam",
                         "--config.optimizer.learning_rate=0.003")
-  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  result = training.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["step"] == 6 * (480 // config.batch_size)  # 480 training examples.
   assert status(tmp_path / "run")["status"] == "done"
   info = json.loads((tmp_path / "run" / "model_info.json").read_text())
