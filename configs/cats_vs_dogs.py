@@ -6,7 +6,7 @@ train images, 2,000 held out. Here the frozen base runs once and caches its
 fc2 features, so the epoch trains a single Dense layer.
 
     # Needs the weights file (never downloaded here) and the data; a GPU helps.
-    python -m vgg_jax.main --config=configs/cats_vs_dogs.py --workdir=/tmp/vgg_jax/cats_vs_dogs \\
+    vgg-jax train --config=cats_vs_dogs --workdir=/tmp/vgg_jax/cats_vs_dogs \\
         --config.model.pretrained=$HOME/.keras/models/vgg16_weights_tf_dim_ordering_tf_kernels.h5
     python -m vgg_jax.predict --workdir=/tmp/vgg_jax/cats_vs_dogs cat.jpg dog.jpg
 

@@ -2,7 +2,7 @@
 
 Embedded data, no network, about half a minute on 2 CPU cores:
 
-    python -m vgg_jax.main --config=configs/default.py --workdir=/tmp/vgg_jax/default
+    vgg-jax train --config=default --workdir=/tmp/vgg_jax/default
 """
 
 from vgg_jax.config_lib import base_config

@@ -4,7 +4,7 @@ Works offline once the data is anywhere vgg_jax looks: prepared TFDS data,
 Debian's package (apt-get install dataset-fashion-mnist), or the four IDX
 files in --config.dataset.idx_dir. 10% of train is held out as validation.
 
-    python -m vgg_jax.main --config=configs/fashion_mnist.py --workdir=/tmp/vgg_jax/fmnist
+    vgg-jax train --config=fashion_mnist --workdir=/tmp/vgg_jax/fmnist
 
 Variants: `:vgg` trains the narrow VGG16 at 32x32 instead; `:vgg_bn` is
 VGG16 at 1/4 width with BatchNorm, flips and crops, Nesterov momentum with
@@ -12,7 +12,7 @@ warmup, cosine decay and weight decay, 30 epochs (about 12 minutes on 2 CPU
 cores; the README quotes its accuracy over 3 seeds);
 `:binary` is sneaker vs ankle boot with the sigmoid head.
 
-    python -m vgg_jax.main --config=configs/fashion_mnist.py:vgg_bn --workdir=/tmp/vgg_jax/fmnist_vgg
+    vgg-jax train --config=fashion_mnist:vgg_bn --workdir=/tmp/vgg_jax/fmnist_vgg
 """
 
 from vgg_jax.config_lib import base_config

@@ -4,7 +4,7 @@ under root/train and root/test) or Kaggle's flat dogs-vs-cats names
 
 A narrow VGG11 at 64x64 with flips and crops, Adam:
 
-    python -m vgg_jax.main --config=configs/image_folder.py --workdir=/tmp/vgg_jax/folder \
+    vgg-jax train --config=image_folder --workdir=/tmp/vgg_jax/folder \
         --config.dataset.path=/path/to/images
 """
 

@@ -1,9 +1,9 @@
 """A sweep on digits: 8 learning rates x 3 seeds = 24 MLPs, trained as one vmap program.
 
-    python -m vgg_jax.main --config=configs/sweep_digits.py --workdir=/tmp/vgg_jax/sweep
+    vgg-jax train --config=sweep_digits --workdir=/tmp/vgg_jax/sweep
     # or split over two workers:
-    python -m vgg_jax.main --config=configs/sweep_digits.py --workdir=DIR --sweep_shard=0/2
-    python -m vgg_jax.main --config=configs/sweep_digits.py --workdir=DIR --sweep_shard=1/2
+    vgg-jax train --config=sweep_digits --workdir=DIR --sweep_shard=0/2
+    vgg-jax train --config=sweep_digits --workdir=DIR --sweep_shard=1/2
 
 Writes results.csv: run_id, learning rate, seed, step, split, loss, accuracy,
 status, wall time; one row per run per eval. 10% of train is validation.

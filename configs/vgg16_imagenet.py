@@ -4,7 +4,7 @@ The paper's recipe: SGD momentum 0.9, lr 0.01, weight decay 5e-4, dropout
 0.5, batch 256. The data here is synthetic so the config runs anywhere; the
 data issue adds imagenet2012 through TFDS. Meant for accelerators.
 
-    python -m vgg_jax.main --config=configs/vgg16_imagenet.py --workdir=/tmp/vgg_jax/vgg16
+    vgg-jax train --config=vgg16_imagenet --workdir=/tmp/vgg_jax/vgg16
 """
 
 from vgg_jax.config_lib import base_config

@@ -4,7 +4,7 @@ VGG16's layout (13 convs in 5 stages, 2x2 max pools) at 1/8 width, with a
 small 128-128 classifier, trained with Nesterov momentum and a cosine
 schedule. Variants: `configs/vgg_digits.py:vgg11` (or vgg13, vgg19).
 
-    python -m vgg_jax.main --config=configs/vgg_digits.py --workdir=/tmp/vgg_jax/vgg_digits
+    vgg-jax train --config=vgg_digits --workdir=/tmp/vgg_jax/vgg_digits
 """
 
 from vgg_jax.config_lib import base_config

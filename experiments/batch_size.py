@@ -1,6 +1,6 @@
 """GD vs SGD: full-batch gradient descent against mini-batches of 16 to 4096.
 
-    python -m experiments.batch_size --workdir=/tmp/vgg_jax/exp/batch_size --mode=quick
+    vgg-jax batch-size --workdir=/tmp/vgg_jax/exp/batch_size --mode=quick
 
 Same model and optimizer (plain SGD) for every batch size. Two phases:
 
@@ -28,7 +28,7 @@ from typing import Dict, List
 import ml_collections
 import numpy as np
 
-from experiments import common
+from . import common
 from vgg_jax import report
 
 NAME = "batch_size"
@@ -363,6 +363,10 @@ def _reading(stats, steps, num_train, target) -> str:
   return " ".join(text)
 
 
-if __name__ == "__main__":
+def run():
   common.define_flags(get_config)
   common.run(NAME, get_config, train)
+
+
+if __name__ == "__main__":
+  run()

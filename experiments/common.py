@@ -21,10 +21,10 @@ the report once every run is in.
 import json
 import logging
 import os
+import sys
 import time
 from typing import Callable, Dict, Iterator, List, Optional
 
-from absl import app
 from absl import flags
 import ml_collections
 from ml_collections import config_flags
@@ -281,7 +281,11 @@ def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optiona
     print(f"{name}: {exp.trained_runs} runs trained this time, {time.time() - start:.0f} s; "
           f"report: {exp.path('report.md')}")
 
-  app.run(main, flags_parser=cli.parse_flags)
+  module = sys.modules[train_and_analyze.__module__]
+  cli.run_app(main, module.__doc__ or "", config_doc=(
+      f"Experiment settings: --config.KEY=VALUE overrides a key of get_config() in "
+      f"{module.__file__} (--mode picks smoke, quick or full values first); the training "
+      f"configs it builds use the keys of vgg_jax/config_lib.py."))
 
 
 

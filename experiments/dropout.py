@@ -1,6 +1,6 @@
 """Overfitting and its fix: a wide MLP on a small training subset, dropout off and on.
 
-    python -m experiments.dropout --workdir=/tmp/vgg_jax/exp/dropout --mode=quick
+    vgg-jax dropout --workdir=/tmp/vgg_jax/exp/dropout --mode=quick
 
 Each dropout rate is its own program (the rate is part of the model); the
 seeds of one rate train together under vmap. Besides validation and test,
@@ -13,7 +13,7 @@ import math
 import ml_collections
 import numpy as np
 
-from experiments import common
+from . import common
 from vgg_jax import report
 
 NAME = "dropout"
@@ -178,6 +178,10 @@ def _reading(stats) -> str:
   return " ".join(text)
 
 
-if __name__ == "__main__":
+def run():
   common.define_flags(get_config)
   common.run(NAME, get_config, train)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,6 +1,6 @@
 """Step size too small, right and too large: plain SGD over a wide learning-rate range.
 
-    python -m experiments.learning_rate --workdir=/tmp/vgg_jax/exp/learning_rate --mode=quick
+    vgg-jax learning-rate --workdir=/tmp/vgg_jax/exp/learning_rate --mode=quick
 
 One vmapped sweep (every learning rate x seed is one model of the same
 program). A run whose loss turns non-finite is frozen and marked diverged;
@@ -12,7 +12,7 @@ import math
 import ml_collections
 import numpy as np
 
-from experiments import common
+from . import common
 from vgg_jax import report
 
 NAME = "learning_rate"
@@ -171,6 +171,10 @@ def _reading(stats) -> str:
   return " ".join(text)
 
 
-if __name__ == "__main__":
+def run():
   common.define_flags(get_config)
   common.run(NAME, get_config, train)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,6 +1,6 @@
 """The optimizer lineage: SGD, Momentum, NAG, Adagrad, RMSProp, AdaDelta, Adam, Nadam.
 
-    python -m experiments.optimizers --workdir=/tmp/vgg_jax/exp/optimizers --mode=quick
+    vgg-jax optimizers --workdir=/tmp/vgg_jax/exp/optimizers --mode=quick
 
 (a) Networks: an MLP and a narrow VGG on Fashion-MNIST. Each optimizer gets
 its own log-spaced learning-rate grid (centred on its usual rate) and its own
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import common
+from . import common
 from vgg_jax import optim
 from vgg_jax import report
 from vgg_jax.config_lib import base_config
@@ -404,6 +404,10 @@ def _reading(per_model, titles, config) -> str:
   return " ".join(text)
 
 
-if __name__ == "__main__":
+def run():
   common.define_flags(get_config)
   common.run(NAME, get_config, train, prepare=prepare)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,6 +1,6 @@
 """Sigmoid vs ReLU with depth: vanishing gradients, measured layer by layer.
 
-    python -m experiments.vanishing_gradient --workdir=/tmp/vgg_jax/exp/vanishing_gradient --mode=quick
+    vgg-jax vanishing-gradient --workdir=/tmp/vgg_jax/exp/vanishing_gradient --mode=quick
 
 MLPs of width 256 with 1 to 16 hidden layers (full: 32), sigmoid and ReLU
 (full: tanh too), each with the classic small uniform init (U[-1/sqrt(fan_in),
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import common
+from . import common
 from vgg_jax import report
 
 NAME = "vanishing_gradient"
@@ -323,6 +323,10 @@ def _reading(cells, config) -> str:
   return " ".join(text) if text else "No cells to compare."
 
 
-if __name__ == "__main__":
+def run():
   common.define_flags(get_config)
   common.run(NAME, get_config, train)
+
+
+if __name__ == "__main__":
+  run()

@@ -50,10 +50,20 @@ SLOWEST_FIRST = ("e2e/test_slurm.py", "e2e/test_resume.py", "e2e/test_transfer.p
 SLOWEST_UNIT = "unit/test_conv.py"
 
 
+def pytest_addoption(parser):
+  parser.addoption("--slow", action="store_true",
+                   help="also run the tests marked slow (a fresh-venv install); .ci/run does")
+
+
 def pytest_collection_modifyitems(config, items):
   """A test's layer is its directory (tests/unit -> unit, tests/e2e -> e2e);
-  the order is SLOWEST_FIRST, the rest of e2e, then unit."""
-  del config
+  the order is SLOWEST_FIRST, the rest of e2e, then unit. Tests marked slow
+  are skipped without --slow."""
+  if not config.getoption("--slow"):
+    skip = pytest.mark.skip(reason="slow (a fresh-venv install): pytest --slow -m slow runs it")
+    for item in items:
+      if "slow" in item.keywords:
+        item.add_marker(skip)
 
   def rank(item):
     path = os.path.relpath(str(item.path), TESTS).replace(os.sep, "/")

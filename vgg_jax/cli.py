@@ -6,6 +6,7 @@ prints one line on stderr, ``<prog>: message``, and exits with code 2.
 
 import logging as std_logging
 import os
+import pathlib
 import re
 import signal
 import sys
@@ -48,8 +49,22 @@ def exit_on_ctrl_c(prog: str = "vgg_jax") -> None:
   signal.signal(signal.SIGINT, handler)
 
 
-def parse_flags(argv):
+def run_app(main, doc: str, config_doc: str = "") -> None:
+  """absl's app.run with this module's parser: one-line errors, --config by
+  name, and a --help that shows the command's own flags (`doc` heads it)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=lambda argv: parse_flags(argv, doc, config_doc))
+
+
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
+
+
+def parse_flags(argv, doc: str = "", config_doc: str = ""):
   """absl's parser, but a bad flag or override is one line and exit code 2."""
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    print(command_help(doc or (sys.modules["__main__"].__doc__ or ""), config_doc))
+    sys.exit(0)
+  argv = _resolve_config(argv)
   try:
     return FLAGS(argv)
   except flags.Error as e:
@@ -67,6 +82,71 @@ def parse_flags(argv):
     message = str(e).strip().splitlines()[0] if str(e).strip() else ""
     fail(f"cannot load {' '.join(_config_args(argv)) or 'the config'}: {type(e).__name__}"
          + (f": {message}" if message else ""))
+
+
+def _resolve_config(argv):
+  """--config=NAME[:variant] for a config file flag: a built-in config by name
+  (config_lib.config_path); paths pass through."""
+  if "config" not in FLAGS or not isinstance(FLAGS["config"].parser,
+                                             _config_file_parser()):
+    return argv
+  from vgg_jax import config_lib, errors  # pylint: disable=g-import-not-at-top
+  out = list(argv)
+  for i, arg in enumerate(out):
+    value = None
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(out):
+      i, value = i + 1, out[i + 1]
+      arg = value
+    if value is not None:
+      try:
+        resolved = config_lib.config_path(value)
+      except errors.UserError as e:
+        fail(str(e))
+      out[i] = arg.replace(value, resolved) if arg != value else resolved
+  return out
+
+
+def _config_file_parser():
+  from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
+  return config_flags.ConfigFileFlagParser
+
+
+def command_help(doc: str, config_doc: str = "") -> str:
+  """`doc`, then the command's own flags (absl's --help lists only a main
+  module's, so an experiment showed none), then where config keys live
+  (`config_doc`, or config_lib's schema)."""
+  from vgg_jax import config_lib  # pylint: disable=g-import-not-at-top
+  lines = [doc.strip(), "", "flags:"]
+  by_module = FLAGS.flags_by_module_dict()
+  seen = set()
+  for module in by_module:
+    if module.startswith("absl"):
+      continue
+    for flag in by_module[module]:
+      if flag.name in seen:
+        continue
+      seen.add(flag.name)
+      lines.append(f"  --{flag.name}: {_flag_help(flag)}")
+  schema = pathlib.Path(config_lib.__file__)
+  lines += [""] + ([config_doc] if config_doc else [f"Config keys: every --config.KEY, its default and what it means, is in "
+            f"{schema} (vgg_jax.config_lib). Built-in configs, by name: "
+            f"{', '.join(config_lib.builtin_configs())} (in {config_lib.configs_dir()})."]) + [
+            "More: vgg-jax --help lists every command; README.md and docs/."]
+  return "\n".join(lines)
+
+
+def _flag_help(flag) -> str:
+  text = " ".join(flag.help.split())
+  if flag.default is None:
+    required = any("other than None" in str(getattr(v, "message", ""))
+                   for v in getattr(flag, "validators", []))
+    return text + (" (required)" if required else "")
+  if flag.name == "config":  # An experiment's whole settings dict.
+    return text
+  default = repr(flag.default) if isinstance(flag.default, str) else str(flag.default)
+  return f"{text} (default: {default if len(default) < 60 else default[:57] + '...'})"
 
 
 def _config_args(argv):

@@ -5,7 +5,13 @@ need, so a locked config accepts exactly these keys and a typo in a
 ``--config.x=y`` override fails at parse time.
 """
 
+import importlib.util
+import os
+import pathlib
+
 import ml_collections
+
+from vgg_jax import errors
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -129,4 +135,57 @@ def base_config() -> ml_collections.ConfigDict:
   c.sweep_vmap_size = -1
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3
+  # Profiling: a jax.profiler trace of about profile_steps steps (whole
+  # compiled chunks), from the first chunk boundary at or after
+  # profile_start_step, into WORKDIR/plugins/profile for TensorBoard's
+  # Profile tab. 0: off.
+  c.profile_steps = 0
+  c.profile_start_step = 1
   return c
+
+
+# Built-in configs, by name: the files of the repo's configs/, installed as
+# vgg_jax.configs. --config=default, --config=fashion_mnist:vgg_bn, or a path.
+
+
+def configs_dir() -> pathlib.Path:
+  """Where the built-in configs live (installed, or the repo's configs/)."""
+  spec = importlib.util.find_spec("vgg_jax.configs")
+  if spec is not None and spec.submodule_search_locations:
+    return pathlib.Path(list(spec.submodule_search_locations)[0])
+  return pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def builtin_configs() -> list:
+  return sorted(p.stem for p in configs_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def config_path(spec: str) -> str:
+  """A --config value as config_flags reads it, PATH[:variant]: a path as
+  given when it exists; a built-in config's file for a bare name
+  ("fashion_mnist:vgg_bn"), and for configs/NAME.py outside the repo."""
+  path, sep, variant = spec.partition(":")
+  if os.path.exists(path):
+    return spec
+  name = path[:-3] if path.endswith(".py") else path
+  if ("/" not in name or pathlib.Path(name).parent.name == "configs"):
+    builtin = configs_dir() / f"{pathlib.Path(name).name}.py"
+    if builtin.is_file():
+      return f"{builtin}{sep}{variant}"
+  raise errors.UserError(f"--config={spec}: no such file, and no built-in config of that name "
+                         f"(built-in: {', '.join(builtin_configs())}; add :variant for one "
+                         "of a file's variants)")
+
+
+def load_config(spec: str, lock: bool = True) -> ml_collections.ConfigDict:
+  """The config that --config=spec gives: `load_config("default")`,
+  `load_config("fashion_mnist:vgg_bn")` or `load_config("my/config.py")`."""
+  path, _, variant = config_path(spec).partition(":")
+  module_spec = importlib.util.spec_from_file_location(f"_vgg_jax_config_{pathlib.Path(path).stem}",
+                                                       path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(variant) if variant else module.get_config()
+  if lock:
+    config.lock()
+  return config

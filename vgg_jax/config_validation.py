@@ -110,6 +110,8 @@ def _validate_run(config):
   _number(config, "eval_train_examples", 0, integer=True)
   _number(config, "checkpoint_every_steps", 1, integer=True)
   _number(config, "keep_checkpoints", 1, integer=True)
+  _number(config, "profile_steps", 0, integer=True)
+  _number(config, "profile_start_step", 0, integer=True)
   _number(config, "sweep_vmap_size", 1, integer=True, extra=(-1,))
 
 

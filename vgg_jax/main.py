@@ -1,23 +1,21 @@
-"""Command line: train and evaluate one config into a workdir.
+"""vgg-jax train: train and evaluate one config (or a sweep) into a workdir.
 
-    python -m vgg_jax.main --config=configs/default.py --workdir=/tmp/vgg_jax/default \
+    vgg-jax train --config=default --workdir=/tmp/vgg_jax/default \
         --config.optimizer.name=nadam --config.optimizer.learning_rate=3e-3
 
-This file is only the absl app. The logic lives in vgg_jax.training, which can
-be imported and tested without flags. Bad input (a config value, a flag, a
-missing dataset, a workdir another run holds) prints one line on stderr and
-exits with code 2, before anything is written to the workdir. A diverged
-run exits with 1; a run stopped by SIGTERM or SIGINT writes a checkpoint and
-exits with 75 (preemption.EXIT_CODE), and the same command resumes it. A
-full disk stops the run with one line (exit 2); its earlier checkpoints are
-intact, and rerunning once there is space resumes.
+(the same as `python -m vgg_jax.main ...`). --config is a built-in config by
+name (default, fashion_mnist:vgg_bn, ...) or a path to a config file;
+--config.KEY=VALUE overrides any key. The workdir gets checkpoints,
+results.csv, status.json and TensorBoard events; rerunning the same command
+resumes. Exit codes: 0 done; 2 bad input (one line on stderr, nothing
+written); 1 diverged; 75 stopped by SIGTERM/SIGINT after a checkpoint (rerun
+to resume).
 """
 
 if __name__ == "__main__":  # Ctrl-C from the first moment: one line, exit 130.
   from vgg_jax import cli as _cli  # pylint: disable=g-import-not-at-top
   _cli.exit_on_ctrl_c()
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -27,7 +25,8 @@ from vgg_jax.errors import DivergedError, UserError, disk_full_message, is_disk_
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
 cli.define_cluster_flags()  # --sweep_shard, --multihost and the multi-process flags.
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+config_flags.DEFINE_config_file("config", None, "A built-in config by name (default, "
+                                "fashion_mnist:vgg_bn) or a config file's path[:variant].",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -70,7 +69,7 @@ def main(argv):
 
 
 def run():
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Label images with a trained run, or with imported ImageNet weights.
 
-    python -m vgg_jax.predict --workdir=/tmp/vgg_jax/cats_vs_dogs cat.jpg dog.jpg
-    python -m vgg_jax.predict --weights=vgg16_weights_tf_dim_ordering_tf_kernels.h5 cat.jpg
+    vgg-jax predict --workdir=/tmp/vgg_jax/cats_vs_dogs cat.jpg dog.jpg
+    vgg-jax predict --weights=vgg16_weights_tf_dim_ordering_tf_kernels.h5 cat.jpg
 
 With --workdir: the run's latest checkpoint, config and classes; prints each
 image's label and probability (--top_k for more). With --weights: VGG16 (or
@@ -13,7 +13,6 @@ class index is printed.
 """
 
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -55,5 +54,9 @@ def main(argv):
     print(f"{path}: " + ", ".join(f"{name} {prob:.4f}" for name, prob in ranked))
 
 
+def run():
+  cli.run_app(main, __doc__)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  run()

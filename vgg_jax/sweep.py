@@ -34,6 +34,8 @@ import itertools
 import json
 import logging
 import re
+import sys
+import types
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
@@ -325,3 +327,15 @@ def _num_params(config, info) -> int:
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct((1,) + tuple(info.image_shape), jnp.float32))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+
+
+class _CallableModule(types.ModuleType):
+  """`vgg_jax.sweep(config, workdir)` runs a sweep (vgg_jax.api.sweep); the
+  module's functions (results, status, plan, ...) stay as they are."""
+
+  def __call__(self, config, workdir: str, shard: str = "0/1"):
+    from vgg_jax import api  # pylint: disable=g-import-not-at-top
+    return api.sweep(config, workdir, shard)
+
+
+sys.modules[__name__].__class__ = _CallableModule

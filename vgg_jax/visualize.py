@@ -1,7 +1,7 @@
 """What the filters see: the first layer's filters and each block's feature maps.
 
-    python -m vgg_jax.visualize --workdir=/tmp/vgg_jax/cats_vs_dogs --image=cat.jpg --out=/tmp/look
-    python -m vgg_jax.visualize --weights=vgg16.h5 --image=cat.jpg --out=/tmp/look
+    vgg-jax visualize --workdir=/tmp/vgg_jax/cats_vs_dogs --image=cat.jpg --out=/tmp/look
+    vgg-jax visualize --weights=vgg16.h5 --image=cat.jpg --out=/tmp/look
 
 Writes filters.png (every conv1_1 filter as a small RGB tile) and
 feature_maps.png (for the image: the strongest channels after each block's
@@ -10,7 +10,6 @@ pool): dots and lines first, then shapes, then parts, as in Zeiler & Fergus.
 
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -119,5 +118,9 @@ def main(argv):
   print(f"wrote {FLAGS.out}/filters.png and {FLAGS.out}/feature_maps.png")
 
 
+def run():
+  cli.run_app(main, __doc__)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  run()

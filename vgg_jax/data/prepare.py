@@ -1,7 +1,7 @@
 """Make a plain ``tfds.load('fashion_mnist')`` (or mnist) work offline.
 
     apt-get install dataset-fashion-mnist
-    python -m vgg_jax.data.prepare fashion_mnist --from /usr/share/datasets/fashion-mnist
+    vgg-jax prepare fashion_mnist --from /usr/share/datasets/fashion-mnist
 
 The four IDX files are checked (magic number, sizes), copied into TFDS's
 download cache under the names TFDS derives from each URL and its registered
@@ -67,8 +67,8 @@ def prepare(name: str, source_dir: str, data_dir: str = "") -> str:
   return root
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m vgg_jax.data.prepare",
+def main(argv=None, prog="python -m vgg_jax.data.prepare"):
+  parser = argparse.ArgumentParser(prog=prog,
                                    description=__doc__.splitlines()[0])
   parser.add_argument("name", help="dataset: " + ", ".join(PREPARABLE))
   parser.add_argument("--from", dest="source_dir", required=True,
@@ -80,6 +80,10 @@ def main(argv=None):
   except DataError as e:
     print(f"vgg_jax: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def run():
+  main(sys.argv[1:], prog=sys.argv[0])
 
 
 if __name__ == "__main__":

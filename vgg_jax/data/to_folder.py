@@ -1,6 +1,6 @@
 """Write a dataset's images as an image folder (root/<split>/<class>/<i>.png).
 
-    python -m vgg_jax.data.to_folder fashion_mnist --classes=sneaker,ankle_boot \\
+    vgg-jax to-folder fashion_mnist --classes=sneaker,ankle_boot \\
         --out=/tmp/vgg_jax/sneakers_vs_boots [--per_class=1000]
 
 The offline stand-in for cats vs dogs: any dataset vgg_jax can load becomes
@@ -9,7 +9,6 @@ the image-folder source that configs/cats_vs_dogs.py:stand_in reads.
 
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -57,5 +56,9 @@ def main(argv):
   print(f"{count} images of {', '.join(dataset.info.class_names)} -> {FLAGS.out}")
 
 
+def run():
+  cli.run_app(main, __doc__)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  run()

@@ -20,6 +20,7 @@ the throughput and train_seconds.
 
 import dataclasses
 import functools
+import time
 from typing import Callable, Iterator
 
 import jax
@@ -28,7 +29,7 @@ import numpy as np
 
 from vgg_jax import metrics, parallel
 from vgg_jax.data import pipeline
-from vgg_jax.training import steps
+from vgg_jax.training import steps, summary
 from vgg_jax.training.program import PMAP_AXIS
 
 
@@ -68,13 +69,19 @@ def _metrics_as_members(fn, new_axes: int):
   return wrapped
 
 
-def ahead_of_time(jitted, *args, **static):
+def ahead_of_time(jitted, *args, examples: int = 0, **static):
   """jitted compiled now (so compile time stays off the clock), as a callable
-  of the non-static args. Under jax_debug_nans the jitted function itself:
-  only it checks its outputs and re-runs op by op to name the culprit."""
+  of the non-static args, with a "compiling ..." line and one saying how long
+  it took (`examples`: how many examples one step trains on, for its FLOPs
+  per example: XLA's cost analysis counts a scanned loop's body once, so a
+  chunk's count is one step's). Under jax_debug_nans the jitted function itself: only it checks
+  its outputs and re-runs op by op to name the culprit."""
   if jax.config.jax_debug_nans:
     return functools.partial(jitted, **static)
-  return jitted.lower(*args, **static).compile()
+  what = (f"the train program ({static['length']} steps"
+          f"{', freezing diverged models' if static.get('freeze') else ''})"
+          if "length" in static else "the train step")
+  return summary.log_compile(what, lambda: jitted.lower(*args, **static), examples)
 
 
 class _Orders:
@@ -105,7 +112,7 @@ def memory_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, st
     length = schedule.chunk_length(step, scan_epoch)
     if length not in compiled:
       compiled[length] = ahead_of_time(chunk, state, images, labels, orders(epoch), first,
-                                       length=length)
+                                       length=length, examples=pipe.batch_size)
       progress.mark(step)
     state, stacked = parallel.bounded_dispatch(
         compiled[length](state, images, labels, orders(epoch), first), dp.num_devices)
@@ -143,7 +150,8 @@ def members_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, s
     if (length, freeze) not in compiled:
       compiled[length, freeze] = ahead_of_time(chunk, states, alive, images, labels,
                                                orders(epoch), first, length=length,
-                                               freeze=freeze)
+                                               freeze=freeze,
+                                               examples=pipe.batch_size * len(seeds))
       progress.mark(step)
     return parallel.bounded_dispatch(
         compiled[length, freeze](states, alive, images, labels, orders(epoch), first),
@@ -188,7 +196,7 @@ def streaming_chunks(batches, dp: parallel.DataParallel, state, step_fn: Callabl
     batch = next(batches)
     if compiled is None:
       compiled = ahead_of_time(jax.jit(_metrics_as_members(step_fn, 2), donate_argnums=0),
-                               state, batch)
+                               state, batch, examples=len(jax.tree.leaves(batch)[0]))
       progress.mark(step - 1)
     state, step_metrics = parallel.bounded_dispatch(compiled(state, batch), dp.num_devices)
     yield state, step, step_metrics
@@ -204,11 +212,15 @@ def pmap_chunks(batches, state, step_fn: Callable, num_devices: int, schedule: S
   p_step = jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
                     devices=jax.local_devices()[:num_devices], donate_argnums=0)
   state = parallel.replicate_for_pmap(state, num_devices)
+  summary.logger.info("compiling the pmap train step ...")
+  started = time.perf_counter()
   for step in range(start_step + 1, schedule.total_steps + 1):
     batch = parallel.split_for_pmap(next(batches), num_devices)
     state, step_metrics = parallel.bounded_dispatch(p_step(state, batch), num_devices)
     if step == start_step + 1:
       jax.block_until_ready(step_metrics)  # Leave the compile out of steps/s.
+      summary.logger.info("compiled and ran the first pmap step in %.1f s",
+                          time.perf_counter() - started)
       progress.mark(step)
     yield (parallel.unreplicate(state), step,
            _members_axis(jax.tree.map(lambda x: x[0, None], step_metrics)))

@@ -22,7 +22,7 @@ import numpy as np
 from vgg_jax import checkpoint, config_validation, data, faults, optim, parallel, preemption
 from vgg_jax.data import pipeline
 from vgg_jax.errors import ConfigError
-from vgg_jax.training import drivers, program as program_lib, steps
+from vgg_jax.training import drivers, program as program_lib, steps, summary
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def train_members(setup: Setup, members: List[Member], outputs, checkpoint_name:
               f"{num_params:,}", setup.dataset.num_train, schedule.total_steps,
               schedule.steps_per_epoch,
               f", {len(members)} models in one vmapped program" if len(members) > 1 else "")
+  logger.info("layers (parameters per model):\n%s", summary.model_table(state.params, len(members)))
   outputs.start(setup)
   manager = checkpoint.create_manager(outputs.workdir, config.keep_checkpoints, checkpoint_name)
   state, start_step, snapshot = checkpoint.restore_latest(manager, state)
@@ -119,8 +120,10 @@ def train_members(setup: Setup, members: List[Member], outputs, checkpoint_name:
   splits = [s for s in EVAL_SPLITS if s in (eval_source.num_examples if setup.streaming
                                              else eval_source.arrays)]
   step, results = start_step, {}
+  profiler = summary.Profiler(config, outputs.workdir)
   try:
     with preemption.guard() as signalled:
+      profiler.at(step)
       for state, new_step, stacked in chunks:
         rows.add(step + 1, stacked)
         faults.maybe_kill("step", new_step)
@@ -130,8 +133,10 @@ def train_members(setup: Setup, members: List[Member], outputs, checkpoint_name:
         step = new_step
         if step < schedule.total_steps and preemption.agreed(signalled.requested):
           _stop_preempted(state, step, rows, outputs, progress, manager, signalled)
+        profiler.at(step)
     manager.wait_until_finished()
   finally:
+    profiler.stop(step)
     manager.close()
     outputs.close()
   if "test" not in results and step == schedule.total_steps:  # Resumed a finished run.

@@ -24,7 +24,7 @@ RESUMABLE_CHANGES = ("num_epochs", "num_train_steps", "log_every_steps", "eval_e
                      "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size",
                      "num_devices", "parallelism", "debug_nans", "dataset.data_dir",
                      "dataset.idx_dir", "dataset.download", "dataset.memory_limit_mb",
-                     "sweep_vmap_size")
+                     "sweep_vmap_size", "profile_steps", "profile_start_step")
 
 
 def flatten(tree, prefix=""):
