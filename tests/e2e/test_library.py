@@ -97,3 +97,23 @@ def test_the_example_notebook_runs(tmp_path, monkeypatch):
   table = outputs[-1]["data"]["text/plain"]  # The sweep's last test rows, one per rate.
   assert all(rate in table for rate in ("0.0001", "0.001", "0.01"))
   assert (tmp_path / "sweep" / "results.csv").exists()
+
+
+def test_the_accelerator_benchmark_runs_on_cpu():
+  """benchmarks/accelerator.py's smoke run: every form prints a row with its
+  FLOPs and MFU (on 2 fake CPU devices, so the data-parallel forms run)."""
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.accelerator", "--smoke",
+                         "--dtypes=float32"], cwd=REPO, capture_output=True, text=True,
+                        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {line[:30].strip(): line[30:].split() for line in proc.stdout.splitlines()
+          if line.startswith(("jit", "pmap", "vmap"))}
+  assert sorted(rows) == ["jit, 1 device", "jit, 2 devices", "pmap, 2 devices",
+                          "vmap sweep, 8 MLPs, 1 device"]
+  for dtype, images, gflop, _, _, mfu in rows.values():
+    assert dtype == "float32" and float(images) > 0 and float(gflop) > 0 and mfu.endswith("%")
+  # Two devices run twice the examples of one, so twice the FLOPs per step.
+  assert float(rows["jit, 2 devices"][2]) == pytest.approx(2 * float(rows["jit, 1 device"][2]),
+                                                          rel=0.05)
