@@ -210,7 +210,8 @@ def run_experiment(name, workdir, *args, mode="smoke"):
 
 # A run's own progress on stderr: the model line, step lines, the resume line.
 PROGRESS = re.compile(r"^\d\d:\d\d:\d\d (step \d+/\d+ |resumed from checkpoint at step \d+$"
-                      r"|\w+ on .* params, .* train examples|sweep\b)")
+                      r"|\w+ on .* params, .* train examples|sweep\b|layers \(|  \w+  "
+                      r"|compil(ing|ed) |profil)")
 
 
 def messages(stderr):

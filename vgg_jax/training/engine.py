@@ -105,7 +105,7 @@ def train_members(setup: Setup, members: List[Member], outputs, checkpoint_name:
               f"{num_params:,}", setup.dataset.num_train, schedule.total_steps,
               schedule.steps_per_epoch,
               f", {len(members)} models in one vmapped program" if len(members) > 1 else "")
-  logger.info("layers (parameters per model):\n%s", summary.model_table(state.params, len(members)))
+  summary.log_model_table(state.params, len(members))
   outputs.start(setup)
   manager = checkpoint.create_manager(outputs.workdir, config.keep_checkpoints, checkpoint_name)
   state, start_step, snapshot = checkpoint.restore_latest(manager, state)

@@ -32,6 +32,21 @@ def model_table(params, num_members: int = 1) -> str:
   return "\n".join(lines)
 
 
+_logged_tables = set()
+
+
+def log_model_table(params, num_members: int = 1) -> None:
+  """The model's layer table, one log line per layer, once per process for
+  each model (an experiment's many groups of one model show it once)."""
+  table = model_table(params, num_members)
+  if table in _logged_tables:
+    return
+  _logged_tables.add(table)
+  logger.info("layers (parameters per model):")
+  for line in table.splitlines():
+    logger.info("%s", line)
+
+
 def log_compile(what: str, lower, examples_per_call: int):
   """Compiles `lower()` (a jax Lowered) with a "compiling ..." line before and
   "compiled in X s" after, with XLA's FLOPs per example where it counts
