@@ -1,4 +1,4 @@
-"""vgg-jax train: train and evaluate one config (or a sweep) into a workdir.
+r"""vgg-jax train: train and evaluate one config (or a sweep) into a workdir.
 
     vgg-jax train --config=default --workdir=/tmp/vgg_jax/default \
         --config.optimizer.name=nadam --config.optimizer.learning_rate=3e-3

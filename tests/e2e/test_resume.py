@@ -49,13 +49,14 @@ def rerun(args, workdir):
 
 
 # SIGKILL points drawn once from a fixed seed: every kind of point, spread
-# over the 192 steps; the graceful signals at one point of each kind.
+# over the 192 steps; SIGTERM at one point of each kind, and SIGINT (the same
+# handler, preemption.guard) at one.
 _rng = random.Random(8)
 STOPS = ([("KILL", f"step:{_rng.randrange(1, 192)}") for _ in range(3)]
          + [("KILL", f"eval:{_rng.choice([64, 128])}")]
          + [("KILL", f"checkpoint:{_rng.choice([32, 64, 96, 128, 160])}") for _ in range(2)]
-         + [(sig, point) for sig in ("TERM", "INT")
-            for point in ("step:40", "eval:64", "checkpoint:96")])
+         + [("TERM", point) for point in ("step:40", "eval:64", "checkpoint:96")]
+         + [("INT", "eval:64")])
 
 
 @pytest.mark.parametrize("sig,point", STOPS, ids=[f"{s}-{p}" for s, p in STOPS])
@@ -105,7 +106,7 @@ def streaming_reference(prepared_fashion, tmp_path_factory):
   return rows(workdir), status(workdir)
 
 
-@pytest.mark.parametrize("point", ["step:21", "checkpoint:32"])
+@pytest.mark.parametrize("point", ["step:21"])  # Kills at checkpoints: the memory runs above.
 def test_streaming_kill_resumes_bit_for_bit(point, prepared_fashion, streaming_reference,
                                             tmp_path):
   args = _streaming_args(prepared_fashion)
