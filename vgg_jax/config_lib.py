@@ -162,10 +162,12 @@ def builtin_configs() -> list:
 
 def config_path(spec: str) -> str:
   """A --config value as config_flags reads it, PATH[:variant]: a path as
-  given when it exists; a built-in config's file for a bare name
-  ("fashion_mnist:vgg_bn"), and for configs/NAME.py outside the repo."""
+  given when it is a file; a built-in config's file for a bare name
+  ("fashion_mnist:vgg_bn", even where a directory of that name sits in the
+  working directory, such as an earlier run's workdir), and for
+  configs/NAME.py outside the repo."""
   path, sep, variant = spec.partition(":")
-  if os.path.exists(path):
+  if os.path.isfile(path):
     return spec
   name = path[:-3] if path.endswith(".py") else path
   if ("/" not in name or pathlib.Path(name).parent.name == "configs"):

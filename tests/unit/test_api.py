@@ -21,6 +21,13 @@ def test_configs_load_by_name_variant_or_path(tmp_path):
     config.optimizer.nmae = "sgd"
 
 
+def test_a_name_is_a_built_in_config_even_beside_a_directory_of_that_name(tmp_path,
+                                                                          monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "default").mkdir()  # An earlier `--workdir=default`.
+  assert config_lib.config_path("default") == str(config_lib.configs_dir() / "default.py")
+
+
 def test_an_unknown_config_name_lists_the_built_in_ones():
   with pytest.raises(errors.UserError, match=r"--config=vgg_bn: .*built-in: cats_vs_dogs, "):
     config_lib.config_path("vgg_bn")
