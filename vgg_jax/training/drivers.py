@@ -50,6 +50,14 @@ class Schedule:
     next_eval = (step // self.eval_every + 1) * self.eval_every
     return min(epoch_end, next_eval, self.total_steps) - step
 
+  def pieces(self, length: int):
+    """How a chunk of `length` steps runs, as (offset, size) programs: whole
+    when it has the run's usual length (an epoch, or eval_every steps), else
+    in power-of-two pieces (power_of_two_pieces), so that the odd lengths
+    where epochs and evals interleave share a few programs."""
+    usual = min(self.steps_per_epoch, self.eval_every, self.total_steps)
+    return [(0, length)] if length == usual else power_of_two_pieces(length)
+
 
 def _members_axis(tree):
   return jax.tree.map(lambda x: x[None], tree)
@@ -84,6 +92,21 @@ def ahead_of_time(jitted, *args, examples: int = 0, **static):
   return summary.log_compile(what, lambda: jitted.lower(*args, **static), examples)
 
 
+def power_of_two_pieces(length: int):
+  """A chunk of `length` steps as (offset, size) pieces whose sizes are
+  distinct powers of two, largest first (36 -> (0, 32), (32, 4)). A run then
+  compiles one program per size, at most log2 of its longest chunk, where one
+  per distinct chunk length cost a sweep group 9 compiles (epochs of 44
+  steps, evals every 40: chunks of 40, 4, 36, 8, 32, 12, ...). The steps, and
+  so the numbers, are the same: the resume tests already cut chunks anywhere."""
+  offset, pieces = 0, []
+  for bit in reversed(range(length.bit_length())):
+    if length >> bit & 1:
+      pieces.append((offset, 1 << bit))
+      offset += 1 << bit
+  return pieces
+
+
 class _Orders:
   """The epoch permutation(s) on the device, computed once per epoch."""
 
@@ -110,14 +133,17 @@ def memory_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, st
   while step < schedule.total_steps:
     epoch, first = divmod(step, spe)
     length = schedule.chunk_length(step, scan_epoch)
-    if length not in compiled:
-      compiled[length] = ahead_of_time(chunk, state, images, labels, orders(epoch), first,
-                                       length=length, examples=pipe.batch_size)
-      progress.mark(step)
-    state, stacked = parallel.bounded_dispatch(
-        compiled[length](state, images, labels, orders(epoch), first), dp.num_devices)
+    pieces = []
+    for offset, size in schedule.pieces(length):
+      if size not in compiled:
+        compiled[size] = ahead_of_time(chunk, state, images, labels, orders(epoch),
+                                       first + offset, length=size, examples=pipe.batch_size)
+        progress.mark(step + offset)
+      state, stacked = parallel.bounded_dispatch(
+          compiled[size](state, images, labels, orders(epoch), first + offset), dp.num_devices)
+      pieces.append(stacked)
     step += length
-    yield state, step, stacked
+    yield state, step, pieces
 
 
 def members_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, states, alive,
@@ -147,15 +173,19 @@ def members_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, s
   orders, compiled = _Orders(make_orders), {}
 
   def run(states, alive, epoch, first, length, freeze):
-    if (length, freeze) not in compiled:
-      compiled[length, freeze] = ahead_of_time(chunk, states, alive, images, labels,
-                                               orders(epoch), first, length=length,
+    pieces = []
+    for offset, size in schedule.pieces(length):
+      if (size, freeze) not in compiled:
+        compiled[size, freeze] = ahead_of_time(chunk, states, alive, images, labels,
+                                               orders(epoch), first + offset, length=size,
                                                freeze=freeze,
                                                examples=pipe.batch_size * len(seeds))
-      progress.mark(step)
-    return parallel.bounded_dispatch(
-        compiled[length, freeze](states, alive, images, labels, orders(epoch), first),
-        dp.num_devices)
+        progress.mark(step + offset)
+      states, alive, stacked = parallel.bounded_dispatch(
+          compiled[size, freeze](states, alive, images, labels, orders(epoch), first + offset),
+          dp.num_devices)
+      pieces.append(stacked)
+    return states, alive, pieces
 
   freeze = not all(alive)
   alive = dp.replicate(np.asarray(alive, bool))

@@ -72,7 +72,10 @@ class MemberRows:
     self._device = []  # (first step, stacked metrics [K, steps, ...])
 
   def add(self, first_step: int, stacked) -> None:
-    self._device.append((first_step, stacked))
+    """One chunk's metrics [K, steps, ...], or a list of its consecutive pieces'."""
+    for piece in stacked if isinstance(stacked, list) else [stacked]:
+      self._device.append((first_step, piece))
+      first_step += piece["loss"].shape[1]
 
   def fetch(self) -> None:
     """Brings pending chunks to the host (waits for the device)."""
