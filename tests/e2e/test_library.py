@@ -33,10 +33,7 @@ def test_the_console_script_trains_a_config_by_name_from_anywhere(tmp_path):
     assert layer in proc.stderr
   assert "compiling the train program" in proc.stderr
   assert "compiled the train program" in proc.stderr and "FLOP per example" in proc.stderr
-  # A repo path works outside the repo too (the packaged copy); a bad name is one line.
-  other = vgg_jax_command("train", "--config=configs/default.py", "--config.num_train_steps=5",
-                          "--workdir=other", cwd=tmp_path)
-  assert other.returncode == 0, other.stderr[-3000:]
+  # A bad name is one line (a repo path outside the repo: tests/unit/test_api.py).
   bad = vgg_jax_command("train", "--config=defualt", "--workdir=bad", cwd=tmp_path)
   assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
   assert "no built-in config of that name (built-in: cats_vs_dogs, default" in bad.stderr

@@ -26,6 +26,11 @@ def test_a_name_is_a_built_in_config_even_beside_a_directory_of_that_name(tmp_pa
   monkeypatch.chdir(tmp_path)
   (tmp_path / "default").mkdir()  # An earlier `--workdir=default`.
   assert config_lib.config_path("default") == str(config_lib.configs_dir() / "default.py")
+  # The README's repo paths work outside the repo too: the packaged copy.
+  assert config_lib.config_path("configs/vgg_digits.py:vgg11") == (
+      f"{config_lib.configs_dir() / 'vgg_digits.py'}:vgg11")
+  (tmp_path / "mine.py").write_text("")
+  assert config_lib.config_path("mine.py:x") == "mine.py:x"  # A file here is a path.
 
 
 def test_an_unknown_config_name_lists_the_built_in_ones():
