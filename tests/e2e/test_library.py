@@ -74,6 +74,10 @@ def test_profile_steps_writes_a_trace_tensorboard_opens(tmp_path):
   training.train_and_evaluate(config, str(tmp_path))
   traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
+  # benchmarks/profile_ops.py reads the ops back: the MLP's matmuls are there.
+  from benchmarks import profile_ops  # pylint: disable=g-import-not-at-top
+  total, count = profile_ops.op_times(str(traces[0]))
+  assert any(profile_ops.is_matmul(name) for name in total) and max(count.values()) >= 4
 
 
 def test_the_example_notebook_runs(tmp_path, monkeypatch):
