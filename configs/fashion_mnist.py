@@ -9,7 +9,7 @@ files in --config.dataset.idx_dir. 10% of train is held out as validation.
 Variants: `:vgg` trains the narrow VGG16 at 32x32 instead; `:vgg_bn` is
 VGG16 at 1/4 width with BatchNorm, flips and crops, Nesterov momentum with
 warmup, cosine decay and weight decay, 30 epochs (about 12 minutes on 2 CPU
-cores; the README quotes its accuracy over 3 seeds);
+cores; docs/data.md quotes its accuracy over 3 seeds);
 `:binary` is sneaker vs ankle boot with the sigmoid head.
 
     vgg-jax train --config=fashion_mnist:vgg_bn --workdir=/tmp/vgg_jax/fmnist_vgg

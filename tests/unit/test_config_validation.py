@@ -88,13 +88,13 @@ DOCUMENTED_CONFIGS = [("default.py", None), ("fashion_mnist.py", None), ("fashio
 
 @pytest.mark.parametrize("name,variant", DOCUMENTED_CONFIGS)
 def test_every_documented_config_validates(name, variant):
-  """Each config file and variant the README names passes validation as written."""
+  """Each config file and variant the README and docs/ name passes validation as written."""
   spec = importlib.util.spec_from_file_location(f"config_{name[:-3]}",
                                                 os.path.join(REPO, "configs", name))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(variant)
   config_validation.validate(config)
-  if variant == "vgg_bn":  # The >= 0.94 recipe the README quotes.
+  if variant == "vgg_bn":  # The >= 0.94 recipe docs/data.md quotes.
     assert (config.model.name, config.model.width_multiplier, config.model.batch_norm,
             config.dataset.flip, config.num_epochs) == ("vgg16", 0.25, True, True, 30)
