@@ -11,7 +11,10 @@ test graceful preemption, and are sent once. Points:
   checkpoint  right after a checkpoint write starts (orbax writes in the background)
   sweep_eval  in a sweep, after an eval's rows are written
 
-Unset, every call is one dictionary lookup.
+The engine calls install() once per training loop. Unset, it returns what
+it was given, and the loop never calls into this module again; set, it wraps
+the one place its point names (the chunk iterator, the checkpoint save, or
+the outputs' method that `outputs.fault_points` names).
 """
 
 import os
@@ -31,6 +34,43 @@ def _target():
   if point not in POINTS or not step.isdigit():
     raise ValueError(f"{ENV}={value!r}: expected <point>:<step> with point in {POINTS}")
   return point, int(step)
+
+
+def install(outputs, chunks, save):
+  """(chunks, save), with the kill point of VGG_JAX_KILL_AT wrapped around
+  the one it names; unchanged when the variable is unset."""
+  target = _target()
+  if target is None:
+    return chunks, save
+  point = target[0]
+  if point == "step":
+    chunks = _after_each_chunk(chunks)
+  elif point == "checkpoint":
+    save = _after_save(save)
+  elif point in outputs.fault_points:  # eval (a single run) or sweep_eval (a group).
+    name = outputs.fault_points[point]
+    setattr(outputs, name, _after_call(getattr(outputs, name), point))
+  return chunks, save
+
+
+def _after_each_chunk(chunks):
+  for state, step, stacked in chunks:
+    maybe_kill("step", step)
+    yield state, step, stacked
+
+
+def _after_save(save):
+  def wrapped(manager, step, *args, **kwargs):
+    save(manager, step, *args, **kwargs)
+    maybe_kill("checkpoint", step)
+  return wrapped
+
+
+def _after_call(method, point: str):
+  def wrapped(step, *args, **kwargs):
+    method(step, *args, **kwargs)
+    maybe_kill(point, step)
+  return wrapped
 
 
 def maybe_kill(point: str, step: int) -> None:

@@ -13,7 +13,7 @@ freezing and cached features from here.
 
 import dataclasses
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 import jax
 import ml_collections
@@ -44,6 +44,33 @@ class Member:
 def crossed(every: int, before: int, after: int) -> bool:
   """Whether a multiple of `every` lies in (before, after]."""
   return after // every > before // every
+
+
+class Outputs(Protocol):
+  """Where the loop's results go: a single run's files (run.RunOutputs) or a
+  sweep group's (sweep_group.GroupOutputs). The loop calls, in order:
+  start, restore; then per chunk train_rows, eval_rows per split and
+  evaluated, as they fall due; at the end close and results (or diverged,
+  preempted)."""
+
+  workdir: str
+  # True: a diverged member keeps its last finite state and its siblings
+  # train on (a vmapped group). False: a non-finite step ends the run.
+  freezes: bool
+  # faults.py's kill points this object hosts: {point: method name}.
+  fault_points: Dict[str, str]
+
+  def start(self, setup: "Setup") -> None: ...
+  def restore(self, start_step: int, snapshot: Optional[Dict], schedule, state):
+    """-> (MemberRows, metrics.Progress) resumed from the checkpoint's snapshot."""
+  def snapshot(self, rows, progress) -> Dict: ...
+  def train_rows(self, j: int, logged, train_rate: float) -> None: ...
+  def eval_rows(self, step: int, split: str, means, lr) -> None: ...
+  def evaluated(self, step: int, state, rows, done: bool) -> None: ...
+  def diverged(self, j: int, divergence, state) -> None: ...
+  def preempted(self, step: int) -> None: ...
+  def close(self) -> None: ...
+  def results(self, state, step: int, results): ...
 
 
 @dataclasses.dataclass
@@ -95,7 +122,23 @@ def _initial_state(setup: Setup, members: List[Member]):
   return states[0] if len(states) == 1 else drivers.stack(states)
 
 
-def train_members(setup: Setup, members: List[Member], outputs, checkpoint_name: str = ""):
+@dataclasses.dataclass
+class _Loop:
+  """What the loop works with besides the state and the step."""
+  setup: Setup
+  rows: Any  # rows.MemberRows
+  outputs: Outputs
+  progress: Any  # metrics.Progress
+  manager: Any  # orbax CheckpointManager
+  eval_fn: Callable
+  eval_source: Any
+  splits: List[str]
+  results: Dict[str, Dict[str, np.ndarray]]
+  save: Callable  # checkpoint.save, or faults.py's wrapper of it.
+
+
+def train_members(setup: Setup, members: List[Member], outputs: Outputs,
+                  checkpoint_name: str = ""):
   """Trains the members together; returns outputs.results(...) at the end."""
   config, program, schedule = setup.config, setup.program, setup.schedule
   state = _initial_state(setup, members)
@@ -116,40 +159,42 @@ def train_members(setup: Setup, members: List[Member], outputs, checkpoint_name:
     logger.info("%s data parallel over %d devices (%d per process)", config.parallelism,
                 setup.num_devices, jax.local_device_count())
   state, chunks, eval_source = _driver(setup, members, state, rows, start_step, progress)
-  eval_fn = drivers.eval_fn(program, len(members))
   splits = [s for s in EVAL_SPLITS if s in (eval_source.num_examples if setup.streaming
                                              else eval_source.arrays)]
-  step, results = start_step, {}
+  chunks, save = faults.install(outputs, chunks, checkpoint.save)  # Only where asked for.
+  loop = _Loop(setup, rows, outputs, progress, manager, drivers.eval_fn(program, len(members)),
+               eval_source, splits, {}, save)
+  step = start_step
   profiler = summary.Profiler(config, outputs.workdir)
   try:
     with preemption.guard() as signalled:
       profiler.at(step)
       for state, new_step, stacked in chunks:
         rows.add(step + 1, stacked)
-        faults.maybe_kill("step", new_step)
-        if _after_chunk(setup, state, step, new_step, rows, outputs, progress, manager,
-                        eval_fn, eval_source, splits, results):
+        if _after_chunk(loop, state, step, new_step):
           break
         step = new_step
         if step < schedule.total_steps and preemption.agreed(signalled.requested):
-          _stop_preempted(state, step, rows, outputs, progress, manager, signalled)
+          _stop_preempted(loop, state, step, signalled)
         profiler.at(step)
     manager.wait_until_finished()
   finally:
     profiler.stop(step)
     manager.close()
     outputs.close()
-  if "test" not in results and step == schedule.total_steps:  # Resumed a finished run.
-    results["test"] = _eval(eval_fn, state, eval_source, "test", config.eval_batch_size)
-  return outputs.results(state, step, results)
+  if "test" not in loop.results and step == schedule.total_steps:  # Resumed a finished run.
+    loop.results["test"] = _eval(loop.eval_fn, state, eval_source, "test",
+                                 config.eval_batch_size)
+  return outputs.results(state, step, loop.results)
 
 
-def _stop_preempted(state, step, rows, outputs, progress, manager, signalled):
+def _stop_preempted(loop: _Loop, state, step: int, signalled):
   """A signal arrived: the chunk and what was due after it are done; save
   (unless this step was just saved), mark the run preempted, and stop."""
+  manager, outputs = loop.manager, loop.outputs
   manager.wait_until_finished()
   if step not in manager.all_steps():
-    checkpoint.save(manager, step, state, outputs.snapshot(rows, progress))
+    checkpoint.save(manager, step, state, outputs.snapshot(loop.rows, loop.progress))
     manager.wait_until_finished()
   outputs.preempted(step)
   raise preemption.Preempted(step, outputs.workdir, signalled.signal_name or "a peer's signal")
@@ -194,9 +239,9 @@ def _eval(eval_fn, state, source, split: str, batch_size: int) -> Dict[str, np.n
   return {k: np.atleast_1d(v) for k, v in means.items()}
 
 
-def _after_chunk(setup: Setup, state, step, new_step, rows, outputs, progress, manager,
-                 eval_fn, eval_source, splits, results) -> bool:
+def _after_chunk(loop: _Loop, state, step: int, new_step: int) -> bool:
   """Log rows, divergence, evals and checkpoints due after a chunk; True to stop."""
+  setup, rows, outputs, progress = loop.setup, loop.rows, loop.outputs, loop.progress
   config, schedule = setup.config, setup.schedule
   done = new_step == schedule.total_steps
   boundaries = list(range((step // schedule.log_every + 1) * schedule.log_every, new_step + 1,
@@ -221,26 +266,26 @@ def _after_chunk(setup: Setup, state, step, new_step, rows, outputs, progress, m
     for j, member_rows in enumerate(rows.members):
       outputs.train_rows(j, list(member_rows.rows_through(boundaries)), train_rate)
   if stopped:
-    manager.wait_until_finished()
+    loop.manager.wait_until_finished()
     outputs.diverged(stopped[0], rows.members[stopped[0]].divergence, state)
     return True
   if evaluate_now:
     lr = np.atleast_1d(jax.device_get(optim.learning_rate(
         state.opt_state, setup.program.lr_multiplier, state.step - 1)))
-    for split in splits:
+    for split in loop.splits:
       if split == "test" and not (config.test_every_eval or done):
         continue
-      results[split] = _eval(eval_fn, state, eval_source, split, config.eval_batch_size)
-      outputs.eval_rows(new_step, split, results[split], lr)
+      loop.results[split] = _eval(loop.eval_fn, state, loop.eval_source, split,
+                                  config.eval_batch_size)
+      outputs.eval_rows(new_step, split, loop.results[split], lr)
     outputs.evaluated(new_step, state, rows, done)
   if save_now:
-    checkpoint.save(manager, new_step, state, outputs.snapshot(rows, progress))
-    faults.maybe_kill("checkpoint", new_step)
+    loop.save(loop.manager, new_step, state, outputs.snapshot(rows, progress))
     if jax.default_backend() == "cpu":
       # The save's threads (about 40 ms of CPU whatever the model's size)
       # would share the cores with the next chunk and slow it down; on an
       # accelerator they overlap training for free.
-      manager.wait_until_finished()
+      loop.manager.wait_until_finished()
   if evaluate_now or save_now:
     progress.mark(new_step)  # Eval and checkpoint time are not training time.
   return False

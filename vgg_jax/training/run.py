@@ -19,7 +19,7 @@ from typing import Dict
 import jax
 import ml_collections
 
-from vgg_jax import config_validation, data, faults, metrics, preemption
+from vgg_jax import config_validation, data, metrics, preemption
 from vgg_jax.errors import DivergedError
 from vgg_jax.training import engine, workdir as workdir_lib
 from vgg_jax.training.rows import MemberRows, TrainRows, divergence_error, params_fingerprint
@@ -31,6 +31,7 @@ class RunOutputs:
   """What one run writes: metrics.jsonl + TensorBoard rows, status.json."""
 
   freezes = False  # One model: a non-finite step ends the run.
+  fault_points = {"eval": "eval_rows"}  # faults.py: after an eval split is written.
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
@@ -74,7 +75,6 @@ class RunOutputs:
                                     "steps_per_sec": self.train_rate, "epoch": self._epoch(step)})
     logger.info("step %d/%d | %s loss %.4f acc %.4f", step, self.total_steps, split,
                 values["loss"], values["accuracy"])
-    faults.maybe_kill("eval", step)
 
   def evaluated(self, step: int, state, rows, done: bool) -> None:
     pass

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 import jax
 import jax.numpy as jnp
 
-from vgg_jax import faults, metrics, preemption
+from vgg_jax import metrics, preemption
 from vgg_jax.errors import UserError
 from vgg_jax.training import engine, program as program_lib, sweep_record
 from vgg_jax.training import workdir as workdir_lib
@@ -132,6 +132,7 @@ class GroupOutputs:
     self.sweep_start, self.sweep_progress, self.probe = sweep_start, progress, probe
     self.tag = group_tag([m.run_id for m in members])
     self.freezes = len(members) > 1  # vmapped: a diverged member keeps its last finite state.
+    self.fault_points = {"sweep_eval": "evaluated"}  # faults.py: after an eval's rows.
     self.pending_train, self.pending_eval, self.last = {}, {}, {}
     self.status: Dict[str, Dict] = {}
     self._unwritten = set()  # Members whose status changed since it was last written.
@@ -261,7 +262,6 @@ class GroupOutputs:
     self.pending_train, self.pending_eval = {}, {}
     if not done:
       self.merge(force=False)
-    faults.maybe_kill("sweep_eval", step)
     logger.info("%s", self.sweep_progress.line(step, self.setup.schedule.total_steps,
                                                self.progress.average_rate()))
 
