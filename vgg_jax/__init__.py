@@ -17,31 +17,17 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-# The notebook API (vgg_jax/api.py), imported on first call so that `import
-# vgg_jax` stays light. vgg_jax.sweep is also the module of sweep helpers
-# (sweep.results, sweep.status); calling it runs a sweep.
-
-
-def load_config(spec: str):
-  """A built-in config by name ("default", "fashion_mnist:vgg_bn") or a path."""
-  from vgg_jax import api  # pylint: disable=g-import-not-at-top
-  return api.load_config(spec)
-
-
-def train(config, workdir: str):
-  """Trains a config (or a config's name) into workdir; returns the test metrics."""
-  from vgg_jax import api  # pylint: disable=g-import-not-at-top
-  return api.train(config, workdir)
-
-
-def results(workdir: str, as_frame: bool = True):
-  """A run's or sweep's rows as a pandas DataFrame (a list of dicts without pandas)."""
-  from vgg_jax import api  # pylint: disable=g-import-not-at-top
-  return api.results(workdir, as_frame)
+# The notebook API, vgg_jax.load_config / train / results (vgg_jax/api.py),
+# imported on first use so that `import vgg_jax` stays light. vgg_jax.sweep
+# is the module of sweep helpers (sweep.results, sweep.status); calling it
+# runs a sweep (api.sweep).
+_API = ("load_config", "train", "results")
 
 
 def __getattr__(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  if name in _API:
+    return getattr(importlib.import_module("vgg_jax.api"), name)
   if name == "sweep":
-    import importlib  # pylint: disable=g-import-not-at-top
     return importlib.import_module("vgg_jax.sweep")
   raise AttributeError(f"module 'vgg_jax' has no attribute {name!r}")

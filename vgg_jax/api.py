@@ -11,10 +11,8 @@ way. Each call validates the config first and raises vgg_jax.errors.UserError
 (one readable line) for bad input, as the command line prints it.
 """
 
-import json
 import logging
 import os
-import sys
 from typing import Dict, List, Union
 
 import ml_collections
@@ -43,13 +41,9 @@ def show_progress() -> None:
   them (the CLIs do it; in a notebook nothing does, and Python's default
   drops INFO)."""
   logger = logging.getLogger("vgg_jax")
-  if logger.handlers or logger.getEffectiveLevel() <= logging.INFO:
-    return
-  handler = logging.StreamHandler(sys.stderr)
-  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-  logger.addHandler(handler)
-  logger.setLevel(logging.INFO)
-  logger.propagate = False
+  if not logger.handlers and logger.getEffectiveLevel() > logging.INFO:
+    from vgg_jax import cli  # pylint: disable=g-import-not-at-top
+    cli.progress_to_stderr()
 
 
 def train(config: ConfigLike, workdir: str) -> Dict:
@@ -89,13 +83,12 @@ def results(workdir: str, as_frame: bool = True):
 
 
 def _rows(workdir: str) -> List[Dict]:
-  from vgg_jax import errors  # pylint: disable=g-import-not-at-top
-  if os.path.exists(os.path.join(workdir, "config.json")) and os.path.isdir(
-      os.path.join(workdir, "runs")):
+  from vgg_jax import errors, metrics  # pylint: disable=g-import-not-at-top
+  from vgg_jax.training import sweep_record  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(os.path.join(workdir, sweep_record.RUNS_DIR)):
     from vgg_jax import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
     return sweep_lib.results(workdir)
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    raise errors.UserError(f"{workdir} holds no run: no metrics.jsonl, and no sweep's runs/")
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  if not os.path.exists(os.path.join(workdir, metrics.METRICS_FILE)):
+    raise errors.UserError(f"{workdir} holds no run: no {metrics.METRICS_FILE}, and no "
+                           f"sweep's {sweep_record.RUNS_DIR}/")
+  return metrics.read_metrics(workdir)  # Skips a line a training run is writing.

@@ -91,20 +91,19 @@ def _resolve_config(argv):
                                              _config_file_parser()):
     return argv
   from vgg_jax import config_lib, errors  # pylint: disable=g-import-not-at-top
+
+  def resolve(value):
+    try:
+      return config_lib.config_path(value)
+    except errors.UserError as e:
+      fail(str(e))
+
   out = list(argv)
-  for i, arg in enumerate(out):
-    value = None
+  for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
-    elif arg == "--config" and i + 1 < len(out):
-      i, value = i + 1, out[i + 1]
-      arg = value
-    if value is not None:
-      try:
-        resolved = config_lib.config_path(value)
-      except errors.UserError as e:
-        fail(str(e))
-      out[i] = arg.replace(value, resolved) if arg != value else resolved
+      out[i] = "--config=" + resolve(arg[len("--config="):])
+    elif arg == "--config" and i + 1 < len(argv):
+      out[i + 1] = resolve(argv[i + 1])
   return out
 
 
@@ -158,6 +157,11 @@ def setup_logging(*names: str):
   with --verbosity."""
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  progress_to_stderr(*names)
+
+
+def progress_to_stderr(*names: str) -> None:
+  """The named loggers' (default: vgg_jax's) INFO lines on stderr, timestamped."""
   handler = std_logging.StreamHandler(sys.stderr)
   handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
   for name in names or ("vgg_jax",):

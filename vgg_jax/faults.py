@@ -46,30 +46,24 @@ def install(outputs, chunks, save):
   if point == "step":
     chunks = _after_each_chunk(chunks)
   elif point == "checkpoint":
-    save = _after_save(save)
+    save = _kill_after(save, point, 1)  # checkpoint.save(manager, step, ...)
   elif point in outputs.fault_points:  # eval (a single run) or sweep_eval (a group).
     name = outputs.fault_points[point]
-    setattr(outputs, name, _after_call(getattr(outputs, name), point))
+    setattr(outputs, name, _kill_after(getattr(outputs, name), point, 0))  # (step, ...)
   return chunks, save
 
 
 def _after_each_chunk(chunks):
-  for state, step, stacked in chunks:
+  for state, step, pieces in chunks:
     maybe_kill("step", step)
-    yield state, step, stacked
+    yield state, step, pieces
 
 
-def _after_save(save):
-  def wrapped(manager, step, *args, **kwargs):
-    save(manager, step, *args, **kwargs)
-    maybe_kill("checkpoint", step)
-  return wrapped
-
-
-def _after_call(method, point: str):
-  def wrapped(step, *args, **kwargs):
-    method(step, *args, **kwargs)
-    maybe_kill(point, step)
+def _kill_after(fn, point: str, step_arg: int):
+  """fn, then the kill check at the step that is its argument `step_arg`."""
+  def wrapped(*args, **kwargs):
+    fn(*args, **kwargs)
+    maybe_kill(point, args[step_arg])
   return wrapped
 
 

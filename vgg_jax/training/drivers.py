@@ -1,8 +1,9 @@
 """Drivers: the compiled forms of training, each yielding (state, step, metrics) chunks.
 
-Every driver yields (state after the chunk, step reached, stacked metrics)
-with the metrics' leading axis over members ([K, steps, ...]), so the loop
-reads one shape whatever ran:
+Every driver yields (state after the chunk, step reached, metrics): the
+metrics of the chunk's consecutive pieces (Schedule.pieces; one piece per
+chunk for streaming and pmap), each with its leading axis over members
+([K, steps, ...]), so the loop reads one shape whatever ran:
 
 - memory_chunks: the in-memory pipeline, one lax.scan per chunk (or one
   step per call without scan_epoch), jit data parallel over a mesh; K=1,
@@ -107,6 +108,26 @@ def power_of_two_pieces(length: int):
   return pieces
 
 
+def _in_pieces(compiled: dict, chunk, carry: tuple, data: tuple, step: int, first: int,
+               length: int, schedule: Schedule, progress: metrics.Progress, num_devices: int,
+               examples: int, **static):
+  """Runs `length` steps from batch `first` of the epoch as schedule.pieces,
+  compiling each piece size once (compiled: {(size, *static values): program}).
+  chunk(*carry, *data, first, length=, **static) -> (*carry, metrics).
+  Returns (carry, [each piece's metrics])."""
+  pieces = []
+  for offset, size in schedule.pieces(length):
+    key = (size, *static.values())
+    if key not in compiled:
+      compiled[key] = ahead_of_time(chunk, *carry, *data, first + offset, length=size,
+                                    examples=examples, **static)
+      progress.mark(step + offset)
+    *carry, stacked = parallel.bounded_dispatch(compiled[key](*carry, *data, first + offset),
+                                                num_devices)
+    pieces.append(stacked)
+  return tuple(carry), pieces
+
+
 class _Orders:
   """The epoch permutation(s) on the device, computed once per epoch."""
 
@@ -133,15 +154,9 @@ def memory_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, st
   while step < schedule.total_steps:
     epoch, first = divmod(step, spe)
     length = schedule.chunk_length(step, scan_epoch)
-    pieces = []
-    for offset, size in schedule.pieces(length):
-      if size not in compiled:
-        compiled[size] = ahead_of_time(chunk, state, images, labels, orders(epoch),
-                                       first + offset, length=size, examples=pipe.batch_size)
-        progress.mark(step + offset)
-      state, stacked = parallel.bounded_dispatch(
-          compiled[size](state, images, labels, orders(epoch), first + offset), dp.num_devices)
-      pieces.append(stacked)
+    (state,), pieces = _in_pieces(compiled, chunk, (state,), (images, labels, orders(epoch)),
+                                  step, first, length, schedule, progress, dp.num_devices,
+                                  examples=pipe.batch_size)
     step += length
     yield state, step, pieces
 
@@ -173,18 +188,10 @@ def members_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, s
   orders, compiled = _Orders(make_orders), {}
 
   def run(states, alive, epoch, first, length, freeze):
-    pieces = []
-    for offset, size in schedule.pieces(length):
-      if (size, freeze) not in compiled:
-        compiled[size, freeze] = ahead_of_time(chunk, states, alive, images, labels,
-                                               orders(epoch), first + offset, length=size,
-                                               freeze=freeze,
-                                               examples=pipe.batch_size * len(seeds))
-        progress.mark(step + offset)
-      states, alive, stacked = parallel.bounded_dispatch(
-          compiled[size, freeze](states, alive, images, labels, orders(epoch), first + offset),
-          dp.num_devices)
-      pieces.append(stacked)
+    (states, alive), pieces = _in_pieces(
+        compiled, chunk, (states, alive), (images, labels, orders(epoch)), step, first, length,
+        schedule, progress, dp.num_devices, examples=pipe.batch_size * len(seeds),
+        freeze=freeze)
     return states, alive, pieces
 
   freeze = not all(alive)
@@ -194,13 +201,13 @@ def members_chunks(pipe: pipeline.InMemoryPipeline, dp: parallel.DataParallel, s
     epoch, first = divmod(step, spe)
     length = schedule.chunk_length(step)
     start = None if freeze else jax.tree.map(jnp.copy, (states, alive))
-    new_states, new_alive, stacked = run(states, alive, epoch, first, length, freeze)
+    new_states, new_alive, pieces = run(states, alive, epoch, first, length, freeze)
     if not freeze and not np.all(jax.device_get(new_alive)):
       freeze = True  # A member diverged in this chunk: redo it, freezing that member.
-      new_states, new_alive, stacked = run(*start, epoch, first, length, freeze)
+      new_states, new_alive, pieces = run(*start, epoch, first, length, freeze)
     states, alive = new_states, new_alive
     step += length
-    yield states, step, stacked
+    yield states, step, pieces
 
 
 def memory_batches(pipe: pipeline.InMemoryPipeline, start_step: int) -> Iterator[dict]:
@@ -229,7 +236,7 @@ def streaming_chunks(batches, dp: parallel.DataParallel, state, step_fn: Callabl
                                state, batch, examples=len(jax.tree.leaves(batch)[0]))
       progress.mark(step - 1)
     state, step_metrics = parallel.bounded_dispatch(compiled(state, batch), dp.num_devices)
-    yield state, step, step_metrics
+    yield state, step, [step_metrics]
 
 
 def pmap_chunks(batches, state, step_fn: Callable, num_devices: int, schedule: Schedule,
@@ -253,7 +260,7 @@ def pmap_chunks(batches, state, step_fn: Callable, num_devices: int, schedule: S
                           time.perf_counter() - started)
       progress.mark(step)
     yield (parallel.unreplicate(state), step,
-           _members_axis(jax.tree.map(lambda x: x[0, None], step_metrics)))
+           [_members_axis(jax.tree.map(lambda x: x[0, None], step_metrics))])
 
 
 def eval_fn(program, num_members: int = 1) -> Callable:

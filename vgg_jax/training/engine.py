@@ -169,8 +169,8 @@ def train_members(setup: Setup, members: List[Member], outputs: Outputs,
   try:
     with preemption.guard() as signalled:
       profiler.at(step)
-      for state, new_step, stacked in chunks:
-        rows.add(step + 1, stacked)
+      for state, new_step, pieces in chunks:
+        rows.add(step + 1, pieces)
         if _after_chunk(loop, state, step, new_step):
           break
         step = new_step

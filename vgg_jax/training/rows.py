@@ -71,9 +71,9 @@ class MemberRows:
     self.members = list(rows)
     self._device = []  # (first step, stacked metrics [K, steps, ...])
 
-  def add(self, first_step: int, stacked) -> None:
-    """One chunk's metrics [K, steps, ...], or a list of its consecutive pieces'."""
-    for piece in stacked if isinstance(stacked, list) else [stacked]:
+  def add(self, first_step: int, pieces) -> None:
+    """One chunk's metrics: its consecutive pieces', each [K, steps, ...]."""
+    for piece in pieces:
       self._device.append((first_step, piece))
       first_step += piece["loss"].shape[1]
 
