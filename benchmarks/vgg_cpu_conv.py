@@ -150,19 +150,19 @@ def per_layer_ms(multiplier, which, repeats):
       times.append(best_seconds(lambda: torch.relu(layer(x)).backward(g), repeats, 3))
     return times
   import jax  # pylint: disable=g-import-not-at-top
-  from vgg_jax.models import conv  # pylint: disable=g-import-not-at-top
+  from vgg_jax.kernels import conv  # pylint: disable=g-import-not-at-top
   for h, w, cin, cout in conv_shapes(multiplier):
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(keys[0], (BATCH, h, w, cin))
     k = jax.random.normal(keys[1], (3, 3, cin, cout)) * 0.05
     g = jax.random.normal(keys[2], (BATCH, h, w, cout))
-    layer = conv.Conv3x3(cout, lowering=which, relu=True)
+    layer = conv.Conv3x3(cout, lowering=which)
     params = layer.init(jax.random.PRNGKey(0), x)
     params = {"params": {"kernel": k, "bias": params["params"]["bias"]}}
     if cin == 1:  # The image: no input gradient, as in training.
-      fn = jax.jit(lambda p, g, x=x: jax.vjp(lambda p: layer.apply(p, x), p)[1](g))
+      fn = jax.jit(lambda p, g, x=x: jax.vjp(lambda p: jax.nn.relu(layer.apply(p, x)), p)[1](g))
     else:
-      fn = jax.jit(lambda p, g, x: jax.vjp(lambda p, x: layer.apply(p, x), p, x)[1](g))
+      fn = jax.jit(lambda p, g, x: jax.vjp(lambda p, x: jax.nn.relu(layer.apply(p, x)), p, x)[1](g))
     args = (params, g) if cin == 1 else (params, g, x)
     times.append(best_seconds(lambda: jax.block_until_ready(fn(*args)), repeats, 3))
   return times
@@ -172,7 +172,7 @@ def child(args):
   """Measure one thing in this process and print it as JSON."""
   multiplier = WIDTHS[args.width]
   if args.block_bytes:
-    from vgg_jax.models import conv  # pylint: disable=g-import-not-at-top
+    from vgg_jax.kernels import conv  # pylint: disable=g-import-not-at-top
     conv.BLOCK_BYTES = args.block_bytes
   if args.per_layer_child:
     result = per_layer_ms(multiplier, args.lowering, args.repeats)
@@ -237,7 +237,7 @@ def main():
 
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks.common import matmul_peak_flops  # pylint: disable=g-import-not-at-top
-  from vgg_jax.models import conv, onednn  # pylint: disable=g-import-not-at-top
+  from vgg_jax.kernels import conv, onednn  # pylint: disable=g-import-not-at-top
   peak = matmul_peak_flops()["peak"]
   auto = conv.resolve("auto")
   if auto == "onednn":

@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.classifier_sizes = (4096, 4096)  # VGG only: FC-ReLU-Dropout blocks.
   # VGG only: how 3x3 convs and 2x2 pools compile. auto: on CPU oneDNN's
   # kernels where installed, else blocked matmuls (XLA's CPU conv is slow;
-  # models/conv.py, models/onednn.py); XLA's native conv on GPU/TPU.
+  # kernels/conv.py, kernels/onednn.py); XLA's native conv on GPU/TPU.
   c.model.conv_lowering = "auto"
   # VGG only: ImageNet weights to start from, a Keras .h5 or a torchvision
   # .pth/.safetensors file (see vgg_jax/pretrained.py; never downloaded). The

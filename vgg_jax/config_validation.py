@@ -9,9 +9,10 @@ from typing import Iterable
 
 import ml_collections
 
-from vgg_jax import data, models, optim, parallel
+from vgg_jax import data, kernels, models, optim, parallel
 from vgg_jax.errors import ConfigError
-from vgg_jax.models import components, onednn
+from vgg_jax.kernels import onednn
+from vgg_jax.models import components
 
 
 def _choice(config, key: str, allowed: Iterable[str]):
@@ -122,7 +123,7 @@ def _validate_model(config):
     _positive_ints(config, "model.hidden_sizes", allow_empty=False)
   else:
     _number(config, "model.width_multiplier", 0, low_open=True)
-    _choice(config, "model.conv_lowering", models.conv.CONV_LOWERINGS)
+    _choice(config, "model.conv_lowering", kernels.CONV_LOWERINGS)
     if config.model.conv_lowering == "onednn" and not onednn.available():
       raise ConfigError("model.conv_lowering", "onednn",
                         f"auto or blocked here (oneDNN unavailable: "

@@ -69,7 +69,7 @@ def block_outputs(model, variables, images, mean, std):
   """[(block name, maps [h, w, c])] after each block's pool, for images[0]."""
   import jax  # pylint: disable=g-import-not-at-top
   from vgg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from vgg_jax.models import pooling  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   _, state = model.apply(variables, pipeline.normalize(images, mean, std), train=False,
                          capture_intermediates=lambda mdl, method: mdl.name is not None
                          and mdl.name.startswith("conv") and method == "__call__",
@@ -81,7 +81,8 @@ def block_outputs(model, variables, images, mean, std):
     stage = n.split("_")[0]
     last[stage] = n
   return [(f"block {stage[4:]}",
-           np.asarray(pooling.max_pool2x2(jax.nn.relu(inter[n]["__call__"][0]), "xla"))[0])
+           np.asarray(nn.max_pool(jax.nn.relu(inter[n]["__call__"][0]), (2, 2), strides=(2, 2),
+                                 padding="SAME"))[0])
           for stage, n in last.items()]
 
 

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from conftest import REPO
-from vgg_jax.models import onednn
+from vgg_jax.kernels import onednn
 
 REQUIRED = os.environ.get("VGG_JAX_REQUIRE_ONEDNN") == "1"
 needs_onednn = pytest.mark.skipif(
@@ -28,7 +28,7 @@ def _run(code: str, env: dict) -> subprocess.CompletedProcess:
 def test_without_a_compiler_auto_falls_back_and_says_why(tmp_path):
   proc = _run("""
       import jax
-      from vgg_jax.models import conv, onednn
+      from vgg_jax.kernels import conv, onednn
       print(onednn.available(), conv.resolve("auto"), "|", onednn.unavailable_reason())
       """, {"CXX": str(tmp_path / "no-such-g++"), "VGG_JAX_CACHE": str(tmp_path)})
   assert proc.returncode == 0, proc.stderr
@@ -37,7 +37,7 @@ def test_without_a_compiler_auto_falls_back_and_says_why(tmp_path):
 
 def test_switched_off_by_environment(tmp_path):
   proc = _run("""
-      from vgg_jax.models import conv, onednn
+      from vgg_jax.kernels import conv, onednn
       print(onednn.available(), conv.resolve("auto"), onednn.unavailable_reason())
       """, {"VGG_JAX_ONEDNN": "0", "VGG_JAX_CACHE": str(tmp_path)})
   assert proc.returncode == 0, proc.stderr
@@ -64,7 +64,7 @@ def test_explicit_onednn_that_cannot_run_is_a_config_error(tmp_path):
 def test_a_corrupt_cached_library_is_rebuilt(tmp_path):
   proc = _run("""
       import jax, jax.numpy as jnp
-      from vgg_jax.models import onednn
+      from vgg_jax.kernels import onednn
       path = onednn.library_path()
       path.parent.mkdir(parents=True)
       path.write_bytes(b"not a shared library")

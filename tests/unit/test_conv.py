@@ -8,10 +8,14 @@ import numpy as np
 import pytest
 
 from vgg_jax import config_lib, models
-from vgg_jax.models import conv, onednn, pooling
+from vgg_jax.kernels import conv, onednn, pooling
 
 # onednn joins where it can be built (test_onednn.py requires it in CI).
 LOWERINGS = ("im2col", "shifted", "blocked") + (("onednn",) if onednn.available() else ())
+
+
+def pool(x, lowering):
+  return pooling.max_pool(x, (2, 2), strides=(2, 2), padding="SAME", lowering=lowering)
 
 
 @pytest.mark.parametrize("lowering", LOWERINGS)
@@ -35,9 +39,9 @@ def test_conv_outputs_and_gradients_match_xla(lowering, shape):
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 3)])
 def test_reshape_pool_matches_reduce_window(shape):
   x = jax.random.normal(jax.random.PRNGKey(2), shape)
-  np.testing.assert_array_equal(pooling.max_pool2x2(x, "im2col"), pooling.max_pool2x2(x, "xla"))
-  g = jax.grad(lambda x: jnp.sum(pooling.max_pool2x2(x, "im2col") ** 2))(x)
-  w = jax.grad(lambda x: jnp.sum(pooling.max_pool2x2(x, "xla") ** 2))(x)
+  np.testing.assert_array_equal(pool(x, "im2col"), pool(x, "xla"))
+  g = jax.grad(lambda x: jnp.sum(pool(x, "im2col") ** 2))(x)
+  w = jax.grad(lambda x: jnp.sum(pool(x, "xla") ** 2))(x)
   np.testing.assert_allclose(g, w, rtol=1e-6)
 
 
@@ -169,7 +173,7 @@ def test_jit_gradient_equals_eager_through_batch_norm_and_pool(lowering, size):
   def net(k):
     y = conv.conv3x3(x, k, lowering)
     y = (y - y.mean((0, 1, 2))) / jnp.sqrt(y.var((0, 1, 2)) + 1e-5)
-    return jnp.sum(jnp.sin(pooling.max_pool2x2(jax.nn.relu(y), lowering)))
+    return jnp.sum(jnp.sin(pool(jax.nn.relu(y), lowering)))
 
   np.testing.assert_allclose(jax.jit(jax.grad(net))(k), jax.grad(net)(k), rtol=1e-4, atol=1e-4)
 
@@ -177,9 +181,9 @@ def test_jit_gradient_equals_eager_through_batch_norm_and_pool(lowering, size):
 def test_pool_gradient_goes_to_the_first_maximum_like_reduce_window():
   """Ties (all-zero windows after ReLU) must not split or lose the gradient."""
   x = jnp.array([[0.0, 0.0, 1.0, 3.0], [0.0, 0.0, 3.0, 2.0]]).reshape(1, 2, 4, 1)
-  g = jax.jit(jax.grad(lambda x: jnp.sum(pooling.max_pool2x2(x, "im2col") * jnp.array([2.0, 5.0])
+  g = jax.jit(jax.grad(lambda x: jnp.sum(pool(x, "im2col") * jnp.array([2.0, 5.0])
                                                   .reshape(1, 1, 2, 1))))(x)
-  w = jax.grad(lambda x: jnp.sum(pooling.max_pool2x2(x, "xla") * jnp.array([2.0, 5.0])
+  w = jax.grad(lambda x: jnp.sum(pool(x, "xla") * jnp.array([2.0, 5.0])
                                  .reshape(1, 1, 2, 1)))(x)
   np.testing.assert_array_equal(g, w)
   assert float(g.sum()) == 7.0

@@ -11,7 +11,7 @@ import pytest
 
 from vgg_jax import config_lib, config_validation
 from vgg_jax.errors import ConfigError
-from vgg_jax.models import conv, onednn
+from vgg_jax.kernels import conv, onednn
 
 # CI installs g++ (oneDNN comes from pip) and sets this, so there these tests must
 # run; elsewhere they skip when oneDNN cannot be built.
@@ -116,7 +116,7 @@ def test_auto_resolution():
 
 
 def test_bfloat16_model_on_auto_runs_the_blocked_lowering():
-  layer = conv.Conv3x3(16, dtype=jnp.bfloat16, relu=True)
+  layer = conv.Conv3x3(16, dtype=jnp.bfloat16)
   x = jnp.ones((2, 4, 4, 8), jnp.bfloat16)
   params = layer.init(jax.random.PRNGKey(0), x)
   assert layer.apply(params, x).dtype == jnp.bfloat16

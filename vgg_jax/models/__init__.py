@@ -7,7 +7,8 @@ collection is VGG's optional 'batch_stats'.
 import flax.linen as nn
 import ml_collections
 
-from vgg_jax.models import components, conv, pooling
+from vgg_jax import kernels
+from vgg_jax.models import components
 from vgg_jax.models.heads import HEADS, Head, get_head
 from vgg_jax.models.mlp import MLP
 from vgg_jax.models.vgg import VGG, VGG_STAGES, min_input_size
@@ -26,13 +27,14 @@ def create_model(model_config: ml_collections.ConfigDict, num_outputs: int,
                dropout_rate=model_config.dropout_rate,
                input_dropout_rate=model_config.input_dropout_rate, dtype=compute_dtype)
   if name in VGG_STAGES:
+    conv, pool = kernels.conv_and_pool(model_config.conv_lowering)
     return VGG(stages=VGG_STAGES[name], num_outputs=num_outputs,
                classifier_sizes=tuple(model_config.classifier_sizes),
                dropout_rate=model_config.dropout_rate, batch_norm=model_config.batch_norm,
                width_multiplier=model_config.width_multiplier,
                activation=model_config.activation, kernel_init=model_config.kernel_init,
                dtype=compute_dtype, bn_axis_name=bn_axis_name,
-               conv_lowering=model_config.conv_lowering)
+               conv=conv, pool=pool)
   raise KeyError(name)
 
 
@@ -43,5 +45,5 @@ def required_input_size(model_config: ml_collections.ConfigDict) -> int:
   return 1
 
 
-__all__ = ["MODELS", "HEADS", "components", "conv", "pooling", "Head", "get_head", "create_model", "required_input_size",
+__all__ = ["MODELS", "HEADS", "components", "Head", "get_head", "create_model", "required_input_size",
            "MLP", "VGG", "VGG_STAGES"]

@@ -1,19 +1,25 @@
 """The VGG family (Simonyan & Zisserman 2014), configurations A, B, D and E.
 
-Each stage is a run of 3x3 'SAME' convolutions (zero padding keeps the size)
-with ReLU, closed by a 2x2 stride-2 max pool that halves it. The pool pads
-odd sizes up (Caffe's ceil mode), which changes nothing at 224 or 32 and lets
-28x28 inputs reach a 1x1 map after five pools. Then flatten and
-a classifier of FC-ReLU-Dropout blocks. Parameter names (conv{stage}_{i},
-fc{j}, head) follow the paper's layer numbering so imported weights map 1:1.
+Each stage is a run of 3x3 convolutions with zero padding ('SAME', which
+keeps the size), each followed by ReLU, closed by a 2x2 stride-2 max pool
+that halves the size. The pool pads odd sizes up (Caffe's ceil mode), which
+changes nothing at 224 or 32 and lets 28x28 inputs reach a 1x1 map after
+five pools. Then flatten, a classifier of FC-ReLU-Dropout blocks, and the
+head (softmax is in the loss). Parameter names (conv{stage}_{i}, fc{j}, head)
+follow the paper's layer numbering so imported weights map 1:1.
+
+The convolution and the pool are module fields, flax's nn.Conv and
+nn.max_pool unless create_model injects the CPU kernels (vgg_jax/kernels)
+that compute the same thing faster there.
 """
 
-from typing import Any, Optional, Sequence
+import functools
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vgg_jax.models import components, conv, pooling
+from vgg_jax.models import components
 
 # Channels of each conv, grouped by stage (one stage per max pool).
 VGG_STAGES = {
@@ -51,8 +57,9 @@ class VGG(nn.Module):
   dtype: Any = jnp.float32
   # Under pmap: the device axis, so BatchNorm averages statistics across it.
   bn_axis_name: Optional[str] = None
-  # How convolutions and pools compile: auto, xla, im2col, shifted (conv.py).
-  conv_lowering: str = "auto"
+  # Called as nn.Conv and nn.max_pool are (kernels.conv_and_pool for CPU).
+  conv: Callable[..., nn.Module] = nn.Conv
+  pool: Callable = nn.max_pool
 
   @nn.compact
   def __call__(self, x, *, train: bool, cut: Optional[str] = None):
@@ -65,20 +72,18 @@ class VGG(nn.Module):
           f"input {height}x{width} is too small for {len(self.stages)} 2x2 poolings; "
           f"need at least {min_input_size(self.stages)}x{min_input_size(self.stages)}")
     act = components.activation(self.activation)
-    init = components.kernel_init(self.kernel_init)
-    fuse_relu = self.activation == "relu" and not self.batch_norm
+    conv = functools.partial(self.conv, kernel_size=(3, 3), padding="SAME",  # zero padding
+                             use_bias=not self.batch_norm,
+                             kernel_init=components.kernel_init(self.kernel_init), dtype=self.dtype)
     for s, stage in enumerate(self.stages, start=1):
       for i, channels in enumerate(stage, start=1):
-        x = conv.Conv3x3(scaled_width(channels, self.width_multiplier),
-                         use_bias=not self.batch_norm, kernel_init=init, dtype=self.dtype,
-                         lowering=self.conv_lowering, relu=fuse_relu, name=f"conv{s}_{i}")(x)
+        x = conv(scaled_width(channels, self.width_multiplier), name=f"conv{s}_{i}")(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                            axis_name=self.bn_axis_name if train else None,
                            name=f"bn{s}_{i}")(x)
-        if not fuse_relu:
-          x = act(x)
-      x = pooling.max_pool2x2(x, self.conv_lowering)
+        x = act(x)  # ReLU
+      x = self.pool(x, window_shape=(2, 2), strides=(2, 2), padding="SAME")  # 2x2 max pool
     x = x.reshape((x.shape[0], -1))
     if cut == "conv":
       return x

@@ -15,7 +15,7 @@ The wrapper converts with XLA transposes, which fuse into the work around
 them (the ReLU mask, the pool), so callers see NHWC and HWIO as everywhere
 else and the parameters are flax's.
 
-The handlers (vgg_jax/native/onednn_conv.cc) are compiled on first use with
+The handlers (vgg_jax/kernels/native/onednn_conv.cc) are compiled on first use with
 the system C++ compiler against oneDNN 3.x or 2.x, and cached under
 ~/.cache/vgg_jax (VGG_JAX_CACHE overrides). oneDNN comes from, in order:
 ONEDNN_ROOT (an install prefix), the Python environment (pip's
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import jaxlib
 
 logger = logging.getLogger(__name__)  # Shown by the CLIs (cli.setup_logging).
-SOURCE = pathlib.Path(__file__).resolve().parent.parent / "native" / "onednn_conv.cc"
+SOURCE = pathlib.Path(__file__).resolve().parent / "native" / "onednn_conv.cc"
 _TARGETS = {
     "vgg_onednn_conv_forward": "VggOnednnConvForward",
     "vgg_onednn_conv_backward": "VggOnednnConvBackward",

@@ -1,50 +1,30 @@
-"""3x3 'SAME' convolution with a choice of lowering (2x2 max pooling: pooling.py).
+"""3x3 'SAME' convolutions on CPU as matmuls (2x2 max pooling: pooling.py).
 
-XLA's CPU convolution is far slower than a matmul of the same FLOPs
-(jax-ml/jax#31662, openxla/xla#34273), while on GPU/TPU it maps to cuDNN or
-the MXU and is the right choice. So the lowering is a config value:
+The lowerings (model.conv_lowering), each with flax.linen.Conv's parameters
+(kernel [3, 3, Cin, Cout], bias [Cout]) under the same names, so checkpoints
+and imported weights work with any of them:
 
-- xla:     lax.conv_general_dilated and nn.max_pool;
-- im2col:  the nine shifted views concatenated on channels, then one matmul
-           [N*H*W, 9*Cin] @ [9*Cin, Cout]; the pool is a reshape-and-max;
-- shifted: the sum of nine matmuls of shifted views; the same pool;
-- blocked: one matmul of the input against all nine taps at once, then the
-           sum of the nine shifted output planes (im2col rows instead when
-           the layer widens, cin < cout; nine matmuls over only the valid
-           input rectangles at 4x4 and below); run over blocks of the batch
-           sized to stay in cache, with a custom VJP that never materializes
-           a patch matrix for the whole batch, bias and ReLU fused, and no
-           input gradient for an input that needs none; the same pool;
-- onednn:  oneDNN's direct convolution kernels (PyTorch's CPU convolutions)
-           called through XLA's FFI, float32 (onednn.py); needs g++ and
-           oneDNN (pip's onednn-cpu-gomp) at first use;
-- auto:    xla on accelerators; on CPU onednn where it is available, else
-           blocked (measured fastest there, see benchmarks/vgg_cpu_conv.py).
+- xla:     lax.conv_general_dilated (what nn.Conv runs);
+- im2col:  the nine shifted views concatenated on channels, then one matmul;
+- shifted: the sum of nine matmuls of shifted views;
+- blocked: matmuls over cache-sized blocks of the batch, with a custom VJP
+           that never builds a patch matrix for the whole batch;
+- onednn:  oneDNN's direct convolution kernels through XLA's FFI (onednn.py);
+- auto:    xla on accelerators; on CPU onednn where it is available and has
+           JIT kernels for the layer, else blocked.
 
-XLA:CPU flags of jaxlib 0.10.2 tried on the VGG16 step, none adopted:
---xla_cpu_experimental_ynn_fusion_type=individual_convolution (YNNPACK
-convolutions: faster than XLA's on 8x8-16x16 layers, 75x slower on 2x2 ones),
---xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY,
-YNN eltwise/reduce fusion and the concurrency-optimized scheduler switched
-off: all within the run-to-run noise (about 10%). jaxlib links oneDNN, but
---xla_cpu_use_onednn / --xla_cpu_experimental_onednn_custom_call left the
-convolutions alone (the rewriter needs a build with ENABLE_ONEDNN_ASYNC),
-and --xla_cpu_experimental_onednn_fusion_type=dot made the 1/4-width step
-slower (119 vs 99 ms); hence the FFI handlers of the onednn lowering.
-
-Every lowering has the same parameters as flax.linen.Conv (kernel
-[3, 3, Cin, Cout], bias [Cout]) under the same names, so checkpoints and
-imported weights work with any of them.
+Why XLA:CPU's own convolution is not used, what was measured and which
+XLA flags were tried: docs/cpu_convolutions.md.
 """
 
 import functools
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgg_jax.models import onednn
+from vgg_jax.kernels import onednn
 
 CONV_LOWERINGS = ("auto", "xla", "im2col", "shifted", "blocked", "onednn")
 
@@ -375,19 +355,22 @@ def blocked_conv(x, kernel, bias=None, *, relu: bool = False):
 
 
 class Conv3x3(nn.Module):
-  """Drop-in for nn.Conv(features, (3, 3), padding='SAME') with a chosen lowering."""
+  """nn.Conv(features, (3, 3), padding="SAME") through a chosen lowering: same
+  call, same parameters, same numbers up to float rounding."""
 
   features: int
+  kernel_size: Sequence[int] = (3, 3)
+  padding: str = "SAME"
   use_bias: bool = True
   kernel_init: Any = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
   lowering: str = "auto"
-  # Apply ReLU here: the blocked and onednn lowerings then add the bias and
-  # apply the ReLU (and their gradients) in the passes they make anyway.
-  relu: bool = False
 
   @nn.compact
   def __call__(self, x):
+    if tuple(self.kernel_size) != (3, 3) or self.padding != "SAME":
+      raise ValueError(f"the {self.lowering} lowering has only 3x3 'SAME' convolutions, got "
+                       f"kernel_size={tuple(self.kernel_size)} padding={self.padding!r}")
     kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features),
                         jnp.float32)
     bias: Optional[jax.Array] = None
@@ -397,7 +380,7 @@ class Conv3x3(nn.Module):
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     lowering = resolve(self.lowering, self.dtype, x.shape, self.features)
     if lowering == "onednn":
-      return onednn.conv(x, kernel, bias, relu=self.relu)
+      return onednn.conv(x, kernel, bias)
     if lowering == "blocked":
-      return blocked_conv(x, kernel, bias, relu=self.relu)
-    return _bias_act(conv3x3(x, kernel, lowering), bias, self.relu)
+      return blocked_conv(x, kernel, bias)
+    return _bias_act(conv3x3(x, kernel, lowering), bias, relu=False)

@@ -5,13 +5,14 @@ Two implementations with the same result and gradient: XLA's reduce_window
 (nn.max_pool), and a reshape-and-max that keeps each window's argmax for the
 backward pass, which XLA:CPU runs faster than reduce_window's
 select-and-scatter. The conv lowering picks between them (conv.resolve).
+`max_pool` has nn.max_pool's signature, so the model can take either.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgg_jax.models.conv import resolve
+from vgg_jax.kernels.conv import resolve
 
 
 def _windows(x):
@@ -50,15 +51,17 @@ def _reshape_pool_bwd(residuals, g):
 _reshape_pool.defvjp(_reshape_pool_fwd, _reshape_pool_bwd)
 
 
-def max_pool2x2(x, lowering: str):
-  """2x2 stride-2 max pool; odd sizes are padded up (ceil mode).
+def max_pool(x, window_shape, strides=None, padding="VALID", *, lowering: str = "auto"):
+  """nn.max_pool, with 2x2 stride-2 pools of even sizes as a reshape-and-max
+  under the matmul lowerings.
 
-  The matmul lowerings pool even sizes by reshape-and-max with the argmax
-  kept for the backward pass, which XLA:CPU runs faster than
-  reduce_window's select-and-scatter. Odd sizes use reduce_window (padding
-  with -inf for the reshape got wrong gradients under jit on XLA:CPU).
+  The reshape-and-max keeps each window's argmax for the backward pass,
+  which XLA:CPU runs faster than reduce_window's select-and-scatter. Odd
+  sizes (padded up by padding="SAME", Caffe's ceil mode) use reduce_window:
+  padding with -inf for the reshape got wrong gradients under jit on XLA:CPU.
   """
-  n, h, w, c = x.shape
-  if resolve(lowering) == "xla" or h % 2 or w % 2:
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+  _, h, w, _ = x.shape
+  pool2x2 = tuple(window_shape) == (2, 2) and tuple(strides or (1, 1)) == (2, 2)
+  if not pool2x2 or resolve(lowering) == "xla" or h % 2 or w % 2:
+    return nn.max_pool(x, window_shape, strides=strides, padding=padding)
   return _reshape_pool(x)
