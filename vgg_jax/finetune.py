@@ -26,13 +26,48 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vgg_jax import data, pretrained
+from vgg_jax import checks, data, pretrained
 from vgg_jax.errors import ConfigError
 from vgg_jax.models import components
 from vgg_jax.models.vgg import VGGClassifier
 
 logger = logging.getLogger(__name__)
 FEATURES_FILE = "features.npz"
+
+
+# model.freeze: nothing; the conv base (train fc1, fc2 and the head); all but the head.
+FREEZES = ("none", "conv", "all_but_head")
+PRETRAINED_LAYERS = ("all", "conv")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """model.pretrained, freeze and cache_features: which combinations can work."""
+  checks.choice(config, "model.freeze", FREEZES)
+  checks.choice(config, "model.pretrained_layers", PRETRAINED_LAYERS)
+  m = config.model
+  if (m.pretrained or m.freeze != "none") and m.name == "mlp":
+    raise ConfigError("model.name", m.name, "a VGG (vgg11/13/16/19) with model.pretrained or "
+                      "model.freeze")
+  if m.pretrained and (m.batch_norm or m.width_multiplier != 1.0):
+    raise ConfigError("model.width_multiplier" if m.width_multiplier != 1.0 else
+                      "model.batch_norm", m.width_multiplier if m.width_multiplier != 1.0
+                      else m.batch_norm, "1.0 and no batch norm: ImageNet VGG weights are "
+                      "full width without BN")
+  if m.freeze != "none" and not m.pretrained:
+    raise ConfigError("model.pretrained", m.pretrained, "a Keras .h5 or torchvision .pth/"
+                      ".safetensors weights file when model.freeze is set (a frozen random "
+                      "base learns nothing); get one from keras.applications or torchvision "
+                      "on a machine with network")
+  if m.cache_features:
+    if m.freeze == "none":
+      raise ConfigError("model.cache_features", True, "False unless model.freeze is conv or "
+                        "all_but_head (only a frozen base's features can be cached)")
+    if config.dataset.crop_padding or config.dataset.flip:
+      raise ConfigError("model.cache_features", True, "False with augmentation (crop_padding, "
+                        "flip): cached features see each image once")
+    if config.dataset.pipeline != "memory":
+      raise ConfigError("dataset.pipeline", config.dataset.pipeline, "memory with "
+                        "model.cache_features (features are computed from in-memory arrays)")
 
 
 def is_conv(layer: str) -> bool:

@@ -21,6 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vgg_jax import checks
+from vgg_jax.errors import ConfigError
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "nadam",
               "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
@@ -100,3 +103,23 @@ def create_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
 def learning_rate(opt_state, lr_multiplier: Callable, step):
   """The effective learning rate at `step`: the peak (from the state) times the multiplier."""
   return opt_state.hyperparams["learning_rate"] * lr_multiplier(step)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the optimizer section (ConfigError)."""
+  checks.choice(config, "optimizer.name", OPTIMIZERS)
+  checks.choice(config, "optimizer.schedule", SCHEDULES)
+  checks.number(config, "optimizer.learning_rate", 0, low_open=True)
+  checks.number(config, "optimizer.momentum", 0, 1, high_open=True)
+  checks.number(config, "optimizer.rho", 0, 1, low_open=True, high_open=True)
+  checks.number(config, "optimizer.b1", 0, 1, high_open=True)
+  checks.number(config, "optimizer.b2", 0, 1, high_open=True)
+  checks.number(config, "optimizer.eps", 0, low_open=True)
+  checks.number(config, "optimizer.weight_decay", 0)
+  checks.number(config, "optimizer.grad_clip_norm", 0)
+  checks.number(config, "optimizer.warmup_steps", 0, integer=True)
+  checks.number(config, "optimizer.step_factor", 0, low_open=True)
+  for value in config.optimizer.step_boundaries:
+    if not isinstance(value, (int, float)) or not 0 < value < 1:
+      raise ConfigError("optimizer.step_boundaries", tuple(config.optimizer.step_boundaries),
+                        "fractions of training strictly between 0 and 1")

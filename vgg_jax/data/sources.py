@@ -1,29 +1,24 @@
-"""Dataset sources: name -> (train, test) uint8 NHWC images and int labels.
+"""The sources that need no download: digits and synthetic (embedded), an
+image folder, and your own loader (user.py). TFDS datasets: tfds_source.py.
 
-Every source returns raw pixels as uint8 so the whole split can sit on the
-device cheaply; normalization happens inside the compiled step.
+Every image source gives raw pixels as uint8 so the whole split can sit on
+the device cheaply; normalization happens inside the compiled step.
 """
 
 import dataclasses
 import gzip
 import importlib.util
 import os
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import ml_collections
 import numpy as np
 
+from vgg_jax import checks
+from vgg_jax.data import transforms
+from vgg_jax.data import user as user_lib
+from vgg_jax.data.dataset import Source, Split
 from vgg_jax.errors import ConfigError
-
-Split = Tuple[np.ndarray, np.ndarray]  # (uint8 [n, h, w, c], int32 [n])
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """How to load one dataset, and what it looks like without loading it."""
-  load: Callable[[ml_collections.ConfigDict], Tuple[Split, Split]]
-  image_shape: Callable[[ml_collections.ConfigDict], Tuple[int, int, int]]
-  description: str
 
 
 def digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
@@ -58,13 +53,10 @@ def load_digits(config: ml_collections.ConfigDict) -> Tuple[Split, Split]:
   # Values are 0..16; map onto 0..255 so digits looks like every other source.
   images = np.round(digit_images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = digit_labels.astype(np.int32)
-  order = np.random.default_rng(0).permutation(len(labels))
-  num_test = int(round(len(labels) * config.test_fraction))
-  if not 0 < num_test < len(labels):
-    raise ConfigError("dataset.test_fraction", config.test_fraction,
-                      f"a fraction that holds out between 1 and {len(labels) - 1} of the "
-                      f"{len(labels)} digits")
-  test, train = order[:num_test], order[num_test:]
+  n = len(labels)
+  test, train = transforms.hold_out(
+      n, int(round(n * config.test_fraction)), key="dataset.test_fraction",
+      value=config.test_fraction, of="digits", too_few="", sort=False)
   return (images[train], labels[train]), (images[test], labels[test])
 
 
@@ -91,9 +83,86 @@ def load_synthetic(config: ml_collections.ConfigDict) -> Tuple[Split, Split]:
   return make(cfg.num_train), make(cfg.num_test)
 
 
-SOURCES = {
-    "digits": Source(load_digits, lambda c: (8, 8, 1),
-                     "scikit-learn's bundled 8x8 handwritten digits"),
-    "synthetic": Source(load_synthetic, lambda c: tuple(c.synthetic.image_shape),
-                        "random prototypes plus noise"),
-}
+def validate_synthetic(config: ml_collections.ConfigDict) -> None:
+  checks.number(config, "synthetic.num_train", 1, integer=True, prefix="dataset.")
+  checks.number(config, "synthetic.num_test", 1, integer=True, prefix="dataset.")
+  checks.number(config, "synthetic.num_classes", 2, integer=True, prefix="dataset.")
+  checks.positive_ints(config, "synthetic.image_shape", allow_empty=False, prefix="dataset.")
+  if len(config.synthetic.image_shape) != 3:
+    raise ConfigError("dataset.synthetic.image_shape", tuple(config.synthetic.image_shape),
+                      "(height, width, channels)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedded(Source):
+  """A dataset made here, offline: arrays(config) gives (train, test)."""
+  name: str
+  description: str
+  arrays: Callable[[ml_collections.ConfigDict], Tuple[Split, Split]]
+  names: Callable[[ml_collections.ConfigDict], Tuple[str, ...]]
+  shape: Callable[[ml_collections.ConfigDict], Tuple[int, int, int]]
+  check: Optional[Callable[[ml_collections.ConfigDict], None]] = None
+
+  def class_names(self, config):
+    return self.names(config)
+
+  def native_shape(self, config):
+    return self.shape(config)
+
+  def validate(self, config):
+    if self.check:
+      self.check(config)
+
+  def load(self, config):
+    train, test = self.arrays(config)
+    return transforms.finish(config, {"train": train, "test": test}, self.class_names(config),
+                             self.description)
+
+
+DIGITS = Embedded("digits", "scikit-learn's bundled 8x8 handwritten digits", load_digits,
+                  lambda c: tuple(str(i) for i in range(10)), lambda c: (8, 8, 1))
+SYNTHETIC = Embedded("synthetic", "random prototypes plus noise", load_synthetic,
+                     lambda c: tuple(f"class_{i}" for i in range(c.synthetic.num_classes)),
+                     lambda c: tuple(c.synthetic.image_shape), validate_synthetic)
+
+
+class ImageFolder(Source):
+  """<root>/<class>/*.jpg or <root>/<class>.<n>.jpg, optionally under train/ and test/."""
+  name = "image_folder"
+
+  def native_shape(self, config):
+    return (None, None, 3)  # Decoded as RGB, sizes vary.
+
+  def validate(self, config):
+    if not config.path:
+      raise ConfigError("dataset.path", config.path, "the root directory of the image folder")
+
+  def load(self, config):
+    from vgg_jax.data import image_folder  # pylint: disable=g-import-not-at-top
+    splits, names = image_folder.load(config.path, config.image_size)
+    splits = transforms.with_test(config, splits)
+    return transforms.finish(config, splits, names, f"image folder {config.path}", resized=True)
+
+
+class UserLoader(Source):
+  """dataset.name names your own loader: module:function, file.py:function
+  or a register()ed name (user.py). Its arrays are loaded once per process."""
+
+  def __init__(self, name: str):
+    self.name = name
+
+  def class_names(self, config):
+    return user_lib.load(config).class_names
+
+  def native_shape(self, config):
+    return user_lib.load(config).shape
+
+  def is_image(self, config) -> bool:
+    return user_lib.load(config).is_image
+
+  def load(self, config):
+    user = user_lib.load(config)
+    splits = transforms.with_test(config, dict(user.splits))
+    kind = "uint8 images" if splits["train"][0].dtype == np.uint8 else "float32"
+    return transforms.finish(config, splits, user.class_names,
+                             f"your loader: {kind} {list(user.shape)}")

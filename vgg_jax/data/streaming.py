@@ -17,9 +17,8 @@ from typing import Dict, Iterator, Optional, Tuple
 import jax
 import numpy as np
 
-from vgg_jax import data as data_lib
-from vgg_jax.data import tfds_source
-from vgg_jax.errors import ConfigError
+from vgg_jax.data import tfds_source, transforms
+from vgg_jax.data.dataset import DatasetInfo
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def _sub_split(b, split: str, lo: float, hi: float) -> str:
 
 @dataclasses.dataclass
 class StreamingDataset:
-  info: "data_lib.DatasetInfo"
+  info: DatasetInfo
   builder: object
   splits: Dict[str, str]  # Our split name -> TFDS split string.
   num_examples: Dict[str, int]
@@ -54,10 +53,9 @@ class StreamingDataset:
   classes: Tuple[int, ...]
 
   @classmethod
-  def create(cls, config, b, source: str) -> "StreamingDataset":
-    spec = tfds_source.SPECS[config.name]
-    names = data_lib.native_class_names(config) or tuple(b.info.features["label"].names)
-    classes = data_lib.resolve_classes(config, names)
+  def create(cls, config, spec: "tfds_source.TfdsSource", b, source: str) -> "StreamingDataset":
+    names = spec.class_names(config) or tuple(b.info.features["label"].names)
+    classes = transforms.class_ids(config, names)
     train = spec.train_split
     splits = {"test": spec.test_split}
     if config.validation_fraction > 0:
@@ -67,15 +65,13 @@ class StreamingDataset:
     self = cls(None, b, splits, {}, config, classes)
     self.num_examples = {s: self._count(s) for s in splits}
     if config.num_train_examples > 0:
-      if config.num_train_examples > self.num_examples["train"]:
-        raise ConfigError("dataset.num_train_examples", config.num_train_examples,
-                          f"-1 or at most the {self.num_examples['train']} training examples")
+      transforms.check_subset(config, self.num_examples["train"])
       self.num_examples["train"] = config.num_train_examples
-    h, w, c = data_lib.image_shape(config)
-    mean, std = data_lib._mean_std(config, config.name, None, c)  # pylint: disable=protected-access
+    h, w, c = transforms.shape_after(config, spec.image_shape)
+    mean, std = transforms.mean_std(config, spec.mean_std, None, c)
     out_names = tuple(names[i] for i in classes) if classes else tuple(names)
-    self.info = data_lib.DatasetInfo(config.name, len(out_names), out_names, (h, w, c), mean,
-                                     std, source + " (streaming)")
+    self.info = DatasetInfo(config.name, len(out_names), out_names, (h, w, c), mean, std,
+                            source + " (streaming)")
     logger.info("streaming %s: %s", config.name,
                 ", ".join(f"{s} {n} ({splits[s]})" for s, n in self.num_examples.items()))
     return self

@@ -12,7 +12,10 @@ import functools
 from typing import Callable, Tuple
 
 import flax.linen as nn
+import ml_collections
 
+from vgg_jax import checks
+from vgg_jax.errors import ConfigError
 from vgg_jax.kernels import conv, onednn, pooling
 from vgg_jax.kernels.conv import CONV_LOWERINGS, Conv3x3, resolve
 from vgg_jax.kernels.pooling import max_pool
@@ -28,5 +31,19 @@ def conv_and_pool(lowering: str) -> Tuple[Callable[..., nn.Module], Callable]:
           functools.partial(max_pool, lowering=lowering))
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks model.conv_lowering: one of CONV_LOWERINGS, and onednn only
+  where it can run (built here, float32)."""
+  checks.choice(config, "model.conv_lowering", CONV_LOWERINGS)
+  if config.model.conv_lowering != "onednn":
+    return
+  if not onednn.available():
+    raise ConfigError("model.conv_lowering", "onednn", "auto or blocked here (oneDNN "
+                      f"unavailable: {onednn.unavailable_reason()})")
+  if config.dtype != "float32":
+    raise ConfigError("model.conv_lowering", "onednn",
+                      f"auto or blocked with dtype={config.dtype} (oneDNN here is float32 only)")
+
+
 __all__ = ["CONV_LOWERINGS", "Conv3x3", "conv", "conv_and_pool", "max_pool", "onednn", "pooling",
-           "resolve"]
+           "resolve", "validate"]

@@ -7,9 +7,9 @@ collection is VGG's optional 'batch_stats'.
 import flax.linen as nn
 import ml_collections
 
-from vgg_jax import kernels
+from vgg_jax import checks, kernels
 from vgg_jax.models import components
-from vgg_jax.models.heads import HEADS, Head, get_head
+from vgg_jax.models.heads import HEADS, Head, check_classes, get_head
 from vgg_jax.models.mlp import MLP
 from vgg_jax.models.vgg import VGG, VGG_STAGES, min_input_size
 
@@ -45,5 +45,22 @@ def required_input_size(model_config: ml_collections.ConfigDict) -> int:
   return 1
 
 
-__all__ = ["MODELS", "HEADS", "components", "Head", "get_head", "create_model", "required_input_size",
-           "MLP", "VGG", "VGG_STAGES"]
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the model section, the head and the compute dtype (ConfigError)."""
+  checks.choice(config, "dtype", components.DTYPES)
+  checks.choice(config, "head", HEADS)
+  checks.choice(config, "model.name", MODELS)
+  checks.choice(config, "model.activation", components.ACTIVATIONS)
+  checks.choice(config, "model.kernel_init", components.KERNEL_INITS)
+  checks.number(config, "model.dropout_rate", 0, 1, high_open=True)
+  checks.number(config, "model.input_dropout_rate", 0, 1, high_open=True)
+  if config.model.name == "mlp":
+    checks.positive_ints(config, "model.hidden_sizes", allow_empty=False)
+    return
+  checks.number(config, "model.width_multiplier", 0, low_open=True)
+  kernels.validate(config)
+  checks.positive_ints(config, "model.classifier_sizes", allow_empty=True)
+
+
+__all__ = ["MODELS", "HEADS", "components", "Head", "check_classes", "get_head", "create_model", "required_input_size",
+           "MLP", "VGG", "VGG_STAGES", "validate"]

@@ -9,11 +9,13 @@ Losses are per example and computed in float32 whatever the compute dtype.
 """
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from vgg_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,3 +59,10 @@ HEADS = {
 
 def get_head(name: str) -> Head:
   return HEADS[name]
+
+
+def check_classes(head: str, dataset: str, num_classes: Optional[int]) -> None:
+  """The binary head needs a 2-class task (num_classes None: not known yet)."""
+  if head == "binary" and num_classes is not None and num_classes != 2:
+    raise ConfigError("head", head, f"'binary' needs a 2-class task, but {dataset} has "
+                      f"{num_classes} classes; set dataset.classes=(a, b) or use head=category")
