@@ -229,7 +229,7 @@ def analyze(exp: common.Experiment, num_train: int = 0):
            f"{PERFECT} counts as perfect scaling, at or below {FLAT} as maximal data "
            "parallelism, in between as diminishing returns.")
   rep.table(regime_headers, regime_table)
-  exp.finish_report(rep, _reading(stats, steps, num_train, goal))
+  exp.finish_report(rep, reading(verdicts(stats, steps, num_train), num_train, goal))
 
 
 def _target_source(cfg) -> str:
@@ -296,70 +296,84 @@ def _plot_scaling(exp, stats, steps, target):
   report.save(fig, exp.path("steps_to_target.png"))
 
 
-def _regime_text(steps, num_train) -> str:
-  if not steps:
-    return "Fewer than two batch sizes reached the target, so no scaling regime can be read."
-  names = [g["regime"] for g in steps]
+SEQUENCE = ("perfect scaling", "diminishing returns", "maximal data parallelism")
+
+
+def verdicts(stats: List[Dict], steps: List[Dict], num_train: int) -> Dict:
+  """What the runs show, from the per-batch-size stats and `regimes` alone:
+  which sizes missed the target, the step speed-up from the smallest to the
+  largest size that reached it, the regimes as spans and whether they come
+  in Shallue et al.'s order, the fastest mini-batch size in seconds, and
+  whether full-batch GD loses to it in wall-clock time."""
+  reached = [s for s in stats if s["reached"]]
+  gd = next((s for s in stats if s["bs"] == num_train), None)
+  minis = [s for s in reached if s["bs"] != num_train]
   spans = []
   for g in steps:
     if spans and spans[-1][0] == g["regime"]:
       spans[-1][2] = g["to"]
     else:
       spans.append([g["regime"], g["from"], g["to"]])
+  ranks = [SEQUENCE.index(g["regime"]) for g in steps]
+  return {
+      "missed": [s["bs"] for s in stats if not s["reached"]],
+      "ends": (reached[0], reached[-1]) if len(reached) >= 2 else None,
+      "spans": spans, "first_step": steps[0] if steps else None,
+      "in_order": all(b >= a for a, b in zip(ranks, ranks[1:])),
+      "perfect": any(g["regime"] == SEQUENCE[0] for g in steps),
+      "gd": gd, "fastest": min(minis, key=lambda s: s["seconds"][0]) if minis else None,
+      "gd_loses": bool(gd is not None and minis and (not gd["reached"] or gd["seconds"][0] > min(
+          s["seconds"][0] for s in minis))),
+  }
+
+
+def _regime_text(v: Dict, num_train: int) -> str:
+  if not v["spans"]:
+    return "Fewer than two batch sizes reached the target, so no scaling regime can be read."
   parts = [f"{regime} from batch {_name(a, num_train)} to {_name(b, num_train)}"
-           for regime, a, b in spans]
-  sequence = ["perfect scaling", "diminishing returns", "maximal data parallelism"]
-  ranks = [sequence.index(n) for n in names]
-  shape = all(b >= a for a, b in zip(ranks, ranks[1:]))
+           for regime, a, b in v["spans"]]
   missing = ""
-  if "perfect scaling" not in names:
-    first = steps[0]
+  if not v["perfect"]:
+    first = v["first_step"]
     missing = (f"No step up scaled perfectly (efficiency {PERFECT} or more); the first, batch "
                f"{_name(first['from'], num_train)} to {_name(first['to'], num_train)}, got "
                f"{first['efficiency']:.2f}, so the perfect-scaling regime, if any, lies below "
                "the grid's smallest batch. ")
   order = ("That is Shallue et al.'s order (regimes only move from perfect scaling towards "
-           "maximal data parallelism as the batch grows). " if shape else
+           "maximal data parallelism as the batch grows). " if v["in_order"] else
            "That is not Shallue et al.'s monotone order: a larger batch scaled better than "
            "a smaller one somewhere, which at one eval interval's resolution and this seed "
            "spread can be noise. ")
   return ("Read off the steps to target: " + "; ".join(parts) + ". " + order + missing).strip()
 
 
-def _reading(stats, steps, num_train, target) -> str:
-  reached = [s for s in stats if s["reached"]]
-  gd = next((s for s in stats if s["bs"] == num_train), None)
-  minis = [s for s in reached if s["bs"] != num_train]
+def reading(v: Dict, num_train: int, target: float) -> str:
+  """The report's reading: words over `verdicts`."""
   text = []
-  missed = [_name(s["bs"], num_train) for s in stats if not s["reached"]]
-  if missed:
-    text.append(f"Batch size(s) {', '.join(missed)} did not reach {target:.1%} validation "
-                "accuracy on every seed within the budget.")
-  if len(reached) >= 2:
-    first, last = reached[0], reached[-1]
+  if v["missed"]:
+    text.append(f"Batch size(s) {', '.join(_name(b, num_train) for b in v['missed'])} did not "
+                f"reach {target:.1%} validation accuracy on every seed within the budget.")
+  if v["ends"]:
+    first, last = v["ends"]
     speedup = first["steps"][0] / last["steps"][0]
     text.append(f"Steps to {target:.1%}: {report.pm(*first['steps'])} at batch "
                 f"{_name(first['bs'], num_train)} and {report.pm(*last['steps'])} at batch "
                 f"{_name(last['bs'], num_train)}, {speedup:.1f}x fewer for "
                 f"{last['bs'] / first['bs']:.0f}x the batch.")
-  text.append(_regime_text(steps, num_train))
-  if minis:
-    fastest = min(minis, key=lambda s: s["seconds"][0])
-    if gd is not None and gd["reached"]:
-      text.append(f"In wall-clock time the fastest mini-batch size ({fastest['bs']}) reached the "
-                  f"target in {report.pm(*fastest['seconds'])} s; full-batch GD took "
-                  f"{report.pm(*gd['seconds'])} s "
-                  f"({gd['seconds'][0] / fastest['seconds'][0]:.1f}x longer).")
-    elif gd is not None:
-      text.append(f"In wall-clock time the fastest mini-batch size ({fastest['bs']}) reached the "
-                  f"target in {report.pm(*fastest['seconds'])} s; full-batch GD did not reach "
-                  f"it within its budget ({report.fmt(gd['val_acc'][0])} final validation "
-                  "accuracy).")
-  gd_loses = gd is not None and minis and (not gd["reached"] or gd["seconds"][0] > min(
-      s["seconds"][0] for s in minis))
+  text.append(_regime_text(v, num_train))
+  gd, fastest = v["gd"], v["fastest"]
+  if fastest and gd is not None:
+    text.append(f"In wall-clock time the fastest mini-batch size ({fastest['bs']}) reached the "
+                f"target in {report.pm(*fastest['seconds'])} s; " + (
+                    f"full-batch GD took {report.pm(*gd['seconds'])} s "
+                    f"({gd['seconds'][0] / fastest['seconds'][0]:.1f}x longer)."
+                    if gd["reached"] else
+                    f"full-batch GD did not reach it within its budget "
+                    f"({report.fmt(gd['val_acc'][0])} final validation accuracy)."))
   text.append("The seed deck's point is that many quick noisy steps beat a few exact ones. "
-              "This run " + ("agrees: GD loses to mini-batch SGD in wall-clock time." if gd_loses
-                             else "does not show GD losing in wall-clock time."))
+              "This run " + ("agrees: GD loses to mini-batch SGD in wall-clock time."
+                             if v["gd_loses"] else
+                             "does not show GD losing in wall-clock time."))
   return " ".join(text)
 
 

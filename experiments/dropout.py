@@ -9,6 +9,7 @@ train_eval), which is the train side of the train-test gap.
 """
 
 import math
+from typing import Dict
 
 import ml_collections
 import numpy as np
@@ -58,8 +59,10 @@ def _label(hidden, inp) -> str:
   return f"dropout {hidden:g}" + (f", input {inp:g}" if inp else "")
 
 
-def analyze(exp: common.Experiment):
-  rows = exp.write_results()
+def statistics(rows):
+  """One dict per dropout setting, sorted (no dropout first): final train,
+  validation and test numbers over seeds, and each setting's Welch t against
+  no dropout."""
   groups = report.group_by(rows, "model.dropout_rate", "model.input_dropout_rate")
   stats = []
   for (hidden, inp), group in sorted(groups.items()):
@@ -84,7 +87,12 @@ def analyze(exp: common.Experiment):
             min(r["loss"] for r in group if r["run_id"] == i and r["split"] == "test")
             for i in ids),
     })
+  for st in stats:
+    st["t"] = report.welch_t(stats[0]["test_accs"], st["test_accs"])
+  return stats
 
+
+def _plot(exp, stats):
   plt = report.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   colors = report.colors(len(stats), "coolwarm")
@@ -103,9 +111,11 @@ def analyze(exp: common.Experiment):
   axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   report.save(fig, exp.path("train_vs_test.png"))
 
+
+def analyze(exp: common.Experiment):
+  stats = statistics(exp.write_results())
+  _plot(exp, stats)
   base = stats[0]
-  for st in stats:
-    st["t"] = report.welch_t(base["test_accs"], st["test_accs"])
   headers = ["dropout", "train accuracy", "validation accuracy", "test accuracy",
              "test accuracy vs none (t)", "accuracy gap", "final test loss",
              "loss gap (test - train)", "best test loss"]
@@ -134,45 +144,62 @@ def analyze(exp: common.Experiment):
   rep.image("train_vs_test.png", "Train (dashed) and test (solid) loss and accuracy per "
             "dropout rate, mean over seeds.")
   rep.table(headers, table)
-  exp.finish_report(rep, _reading(stats))
+  exp.finish_report(rep, reading(verdicts(stats)))
 
 
-def _reading(stats) -> str:
+def verdicts(stats) -> Dict:
+  """What the runs show, from `statistics` (no dropout first) alone: the
+  setting best on validation (never on test) and the one with the narrowest
+  loss gap, whether either beats no dropout, and whether that agrees with
+  Srivastava et al. (2014). Empty with a single setting."""
   base, rest = stats[0], stats[1:]
   if not rest:
-    return "Only one dropout setting was run; there is nothing to compare."
-  best = max(rest, key=lambda s: s["val_acc"][0])  # Chosen on validation, never on test.
+    return {}
+  best = max(rest, key=lambda s: s["val_acc"][0])
   narrowest = min(rest, key=lambda s: s["loss_gap"][0])
+  narrows = narrowest["loss_gap"][0] < base["loss_gap"][0]
+  improves = best["t"] >= 2  # Standard errors; NaN (one seed each) is not >= 2.
+  return {
+      "base": base, "best": best, "narrowest": narrowest,
+      "overfits": base["test_loss"][0] > base["best_test_loss"][0] * 1.05,
+      "narrows": narrows,
+      "diff": best["test_acc"][0] - base["test_acc"][0],
+      "noise": "unknown" if math.isnan(best["t"]) else "beyond" if improves else "within",
+      "agrees": "both" if narrows and improves else "gap only" if narrows else "neither",
+  }
+
+
+def reading(v: Dict) -> str:
+  """The report's reading: words over `verdicts`."""
+  if not v:
+    return "Only one dropout setting was run; there is nothing to compare."
+  base, best, narrowest = v["base"], v["best"], v["narrowest"]
   text = [f"Without dropout the network fits its training subset to "
           f"{report.fmt(base['train_acc'][0])} accuracy while test accuracy is "
           f"{report.fmt(base['test_acc'][0])} (gap {report.fmt(base['gap'][0])}); its test "
           f"loss ends at {report.fmt(base['test_loss'][0])}, against a best of "
           f"{report.fmt(base['best_test_loss'][0])} earlier in training"
-          + (" (overfitting: it rose again)." if
-             base["test_loss"][0] > base["best_test_loss"][0] * 1.05 else ".")]
-  narrows = narrowest["loss_gap"][0] < base["loss_gap"][0]
+          + (" (overfitting: it rose again)." if v["overfits"] else ".")]
   text.append(f"The test-minus-train loss gap is {report.fmt(base['loss_gap'][0])} without "
               f"dropout and {report.fmt(narrowest['loss_gap'][0])} with {narrowest['label']}"
-              + (", narrower." if narrows else ", not narrower."))
-  diff = best["test_acc"][0] - base["test_acc"][0]
-  improves = best["t"] >= 2
-  if math.isnan(best["t"]):
-    verdict = "one seed each, so not weighed against seed noise."
-  elif improves:
-    verdict = f"{report.fmt(best['t'], 2)} standard errors, beyond seed noise (2 or more)."
-  else:
-    verdict = (f"{report.fmt(best['t'], 2)} standard errors, not beyond seed noise (under "
-               "2): on this data and budget dropout does not measurably raise test accuracy.")
+              + (", narrower." if v["narrows"] else ", not narrower."))
+  t = report.fmt(best["t"], 2)
+  verdict = {
+      "unknown": "one seed each, so not weighed against seed noise.",
+      "beyond": f"{t} standard errors, beyond seed noise (2 or more).",
+      "within": f"{t} standard errors, not beyond seed noise (under 2): on this data and "
+                "budget dropout does not measurably raise test accuracy."}[v["noise"]]
   text.append(f"The dropout setting best on validation, {best['label']}, ends at test accuracy "
               f"{report.pm(*best['test_acc'])} against {report.pm(*base['test_acc'])} without "
               f"(test error {100 * (1 - best['test_acc'][0]):.2f}% vs "
-              f"{100 * (1 - base['test_acc'][0]):.2f}%): {diff:+.4f}, {verdict}")
+              f"{100 * (1 - base['test_acc'][0]):.2f}%): {v['diff']:+.4f}, {verdict}")
   text.append("Srivastava et al. (2014), Table 2, report 1.60% test error for a standard "
               "MNIST net and 1.25% with dropout (ReLU): dropout narrows the gap and lowers "
-              "test error. This run " + (
-                  "agrees on both counts" if narrows and improves else
-                  "agrees that the gap narrows, but not that test error falls beyond seed noise"
-                  if narrows else "does not reproduce the narrowing gap")
+              "test error. This run " + {
+                  "both": "agrees on both counts",
+                  "gap only": "agrees that the gap narrows, but not that test error falls "
+                              "beyond seed noise",
+                  "neither": "does not reproduce the narrowing gap"}[v["agrees"]]
               + " (on a different dataset and a small subset, so only the direction is "
               "comparable, not the numbers).")
   return " ".join(text)

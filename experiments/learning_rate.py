@@ -8,6 +8,7 @@ the plots end its line at the divergence with an x instead of drawing NaN.
 """
 
 import math
+from typing import Dict
 
 import ml_collections
 import numpy as np
@@ -45,8 +46,9 @@ def train(exp: common.Experiment):
   analyze(exp)
 
 
-def analyze(exp: common.Experiment):
-  rows = exp.write_results()
+def statistics(rows):
+  """One dict per learning rate, ascending: its seeds, which diverged (and
+  when), and the final numbers of the ones that did not."""
   lrs = sorted({r["optimizer.learning_rate"] for r in rows})
   by_lr = report.group_by(rows, "optimizer.learning_rate")
   stats = []
@@ -64,10 +66,13 @@ def analyze(exp: common.Experiment):
         "val_loss": report.mean_std(final_val[i]["loss"] for i in alive),
         "test_acc": report.mean_std(final_test[i]["accuracy"] for i in alive),
     })
+  return stats
 
+
+def _plot_curves(exp, rows, stats):
   plt = report.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-  colors = report.colors(len(lrs), "plasma")
+  colors = report.colors(len(stats), "plasma")
   for ax, split in zip(axes, ("train", "validation")):
     marks, finite = [], []
     for s, color in zip(stats, colors):
@@ -103,6 +108,9 @@ def analyze(exp: common.Experiment):
   axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   report.save(fig, exp.path("loss_curves.png"))
 
+
+def _plot_final(exp, stats):
+  plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   xs = [s["lr"] for s in stats if s["alive"]]
   ys = [s["val_loss"][0] for s in stats if s["alive"]]
@@ -119,6 +127,12 @@ def analyze(exp: common.Experiment):
   ax.legend()
   report.save(fig, exp.path("final_loss_vs_lr.png"))
 
+
+def analyze(exp: common.Experiment):
+  rows = exp.write_results()
+  stats = statistics(rows)
+  _plot_curves(exp, rows, stats)
+  _plot_final(exp, stats)
   headers = ["learning rate", "final train loss", "final validation loss", "test accuracy",
              "diverged seeds"]
   table = [[s["lr"], report.pm(*s["train_loss"]), report.pm(*s["val_loss"]),
@@ -130,7 +144,7 @@ def analyze(exp: common.Experiment):
 
   rep = report.Report("Learning rate: too small, right, too large")
   rep.text("Plain SGD (constant step) on an MLP "
-           f"{tuple(exp.config.train.model.hidden_sizes)} over {len(lrs)} learning rates, "
+           f"{tuple(exp.config.train.model.hidden_sizes)} over {len(stats)} learning rates, "
            f"{len(exp.config.seeds)} seed(s) each, all trained as one vmapped program.")
   exp.what_was_run(rep, common.dataset_note(exp.config.train))
   rep.heading("Result")
@@ -138,32 +152,48 @@ def analyze(exp: common.Experiment):
             "with a red x at its last finite point.")
   rep.image("final_loss_vs_lr.png", "Final validation loss against learning rate.")
   rep.table(headers, table)
-  exp.finish_report(rep, _reading(stats))
+  exp.finish_report(rep, reading(verdicts(stats)))
 
 
-def _reading(stats) -> str:
+def verdicts(stats) -> Dict:
+  """What the grid shows, from `statistics` alone: the rate with the lowest
+  final validation loss among those that never diverged, how much worse the
+  smallest rate is, which rates diverged, and whether that is the deck's
+  picture (too small crawls, too large diverges)."""
   alive = [s for s in stats if s["alive"] and math.isfinite(s["val_loss"][0])]
   if not alive:
-    return "Every learning rate diverged: the grid is too high for this setup."
+    return {"best": None}
   best = min(alive, key=lambda s: s["val_loss"][0])
   smallest = stats[0]
   diverged = [s for s in stats if not s["alive"]]
+  too_small = smallest is not best and bool(smallest["alive"])
+  return {
+      "best": best, "smallest": smallest, "diverged": diverged, "num_rates": len(stats),
+      "too_small_ratio": (smallest["val_loss"][0] / max(best["val_loss"][0], 1e-12)
+                          if too_small else None),
+      "agrees": smallest is not best and bool(diverged),
+  }
+
+
+def reading(v: Dict) -> str:
+  """The report's reading: words over `verdicts`."""
+  best = v["best"]
+  if best is None:
+    return "Every learning rate diverged: the grid is too high for this setup."
   text = [f"The lowest final validation loss, {report.fmt(best['val_loss'][0])}, came at "
           f"learning rate {report.fmt(best['lr'])} (test accuracy "
           f"{report.pm(*best['test_acc'])})."]
-  if smallest is not best and smallest["alive"]:
-    ratio = smallest["val_loss"][0] / max(best["val_loss"][0], 1e-12)
-    text.append(f"Too small: at {report.fmt(smallest['lr'])} the loss after the same number "
-                f"of steps is {ratio:.3g}x higher; the steps are too short to get anywhere.")
-  if diverged:
-    first = diverged[0]
-    text.append(f"Too large: from {report.fmt(first['lr'])} up, "
-                f"{len(diverged)} of {len(stats)} rates diverged (the loss became non-finite "
-                "and the run was stopped and marked).")
+  if v["too_small_ratio"] is not None:
+    text.append(f"Too small: at {report.fmt(v['smallest']['lr'])} the loss after the same "
+                f"number of steps is {v['too_small_ratio']:.3g}x higher; the steps are too "
+                "short to get anywhere.")
+  if v["diverged"]:
+    text.append(f"Too large: from {report.fmt(v['diverged'][0]['lr'])} up, "
+                f"{len(v['diverged'])} of {v['num_rates']} rates diverged (the loss became "
+                "non-finite and the run was stopped and marked).")
   else:
     text.append("No rate in this grid diverged; extend the grid upward to see the blow-up.")
-  agrees = smallest is not best and bool(diverged)
-  text.append("This " + ("agrees with" if agrees else "does not fully show")
+  text.append("This " + ("agrees with" if v["agrees"] else "does not fully show")
               + " the seed's picture of the step size (too small crawls, too large "
               "overshoots and diverges) and with LeCun et al., *Efficient BackProp* (1998), "
               "where a step beyond about twice the optimal one makes gradient descent "

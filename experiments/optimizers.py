@@ -7,25 +7,19 @@ its own log-spaced learning-rate grid (centred on its usual rate) and its own
 program; the grid x seeds train together under vmap. The best rate is picked
 on validation accuracy; test accuracy is only reported.
 
-(b) 2-D surfaces: Beale's function, the Rosenbrock valley and the saddle
-x^2 - y^2, every optimizer from the same start, drawn over the contours as a
-PNG and an animated GIF. There each optimizer's step size is the one from
-a grid with the lowest mean loss along its path (escaping, for the saddle).
+(b) 2-D surfaces (surfaces.py): Beale's function, the Rosenbrock valley and
+the saddle x^2 - y^2, every optimizer from the same start.
 """
 
 import logging
 import math
 from typing import Dict, Tuple
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from . import common
-from vgg_jax import optim
+from . import common, surfaces
 from vgg_jax import report
-from vgg_jax.config_lib import base_config
 
 NAME = "optimizers"
 LINEAGE = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "nadam")
@@ -122,140 +116,6 @@ def _plot_networks(exp, per_model: Dict[str, Dict], path):
   report.save(fig, path)
 
 
-# -------------------------------------------------------------- surfaces
-
-
-def beale(p):
-  x, y = p[0], p[1]
-  return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y ** 2) ** 2 + (2.625 - x + x * y ** 3) ** 2
-
-
-def rosenbrock(p):
-  return (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
-
-
-def saddle(p):
-  return p[0] ** 2 - p[1] ** 2
-
-
-# name: (function, start, minimum (None: unbounded), (xmin, xmax, ymin, ymax), log contours)
-SURFACES = {
-    "beale": (beale, (1.0, 1.5), (3.0, 0.5), (-4.5, 4.5, -4.5, 4.5), True),
-    "rosenbrock": (rosenbrock, (-1.2, 1.0), (1.0, 1.0), (-2.0, 2.0, -1.0, 3.0), True),
-    "saddle": (saddle, (1.0, 1e-3), None, (-1.5, 1.5, -1.5, 1.5), False),
-}
-
-
-def trajectories(fn, start, box, name: str, lrs, steps: int) -> np.ndarray:
-  """[len(lrs), steps + 1, 2] paths of optimizer `name`, one per learning rate.
-
-  A path that leaves the box (or turns non-finite) stays where it left.
-  """
-  cfg = base_config().optimizer
-  cfg.name = name
-  tx, _ = optim.create_optimizer(cfg, steps)
-  grad = jax.grad(fn)
-  lo, hi = jnp.array(box[::2]), jnp.array(box[1::2])
-
-  def path(lr):
-    p0 = jnp.array(start, jnp.float32)
-    state = tx.init(p0)
-    state.hyperparams["learning_rate"] = lr
-
-    def body(carry, _):
-      p, state, inside = carry
-      updates, new_state = tx.update(grad(p), state, p)
-      new_p = p + updates
-      ok = inside & jnp.all(jnp.isfinite(new_p)) & jnp.all((new_p >= lo) & (new_p <= hi))
-      p = jnp.where(ok, new_p, p)
-      return (p, jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state), ok), p
-
-    _, ps = jax.lax.scan(body, (p0, state, jnp.array(True)), None, length=steps)
-    return jnp.concatenate([p0[None], ps])
-
-  return np.asarray(jax.jit(jax.vmap(path))(jnp.asarray(lrs, jnp.float32)))
-
-
-def _surface_results(config):
-  """surface -> optimizer -> {lr, path, score}: the best path of each grid."""
-  results = {}
-  for surface, (fn, start, minimum, box, _) in SURFACES.items():
-    results[surface] = {}
-    for name in config.surface_optimizers:
-      paths = trajectories(fn, start, box, name, config.surface_lrs, config.surface_steps)
-      values = fn(np.moveaxis(paths, -1, 0))  # [lrs, steps + 1]
-      left = [not np.all((path[-1] > np.array(box[::2])) & (path[-1] < np.array(box[1::2])))
-              for path in paths]
-      if minimum is None:  # The saddle: escaping is the goal; lower mean is faster.
-        scores = values.mean(axis=1)
-      else:  # Leaving the box counts as diverging.
-        scores = np.where(left, np.inf, values.mean(axis=1))
-      j = int(np.argmin(scores))
-      end = paths[j][-1]
-      results[surface][name] = {
-          "lr": float(config.surface_lrs[j]), "path": paths[j],
-          "final": float(values[j][-1]), "left": bool(left[j]),
-          "distance": (float(np.hypot(*(end - np.array(minimum)))) if minimum else math.nan),
-          "escape_step": (int(np.argmax(np.abs(paths[j][:, 1]) > 1.0))
-                          if minimum is None and np.any(np.abs(paths[j][:, 1]) > 1.0) else None),
-      }
-  return results
-
-
-def _contours(ax, surface):
-  fn, start, minimum, box, log = SURFACES[surface]
-  xs = np.linspace(box[0], box[1], 200)
-  ys = np.linspace(box[2], box[3], 200)
-  grid_x, grid_y = np.meshgrid(xs, ys)
-  z = np.asarray(fn(np.stack([grid_x, grid_y])))
-  if log:
-    ax.contour(grid_x, grid_y, z, levels=np.logspace(-1, 5, 25), norm="log", cmap="Greys",
-               linewidths=0.6)
-  else:
-    ax.contour(grid_x, grid_y, z, levels=20, cmap="Greys", linewidths=0.6)
-  if minimum:
-    ax.plot(*minimum, "r*", markersize=14)
-  ax.plot(*start, "ko", markersize=5)
-  ax.set_xlim(box[0], box[1])
-  ax.set_ylim(box[2], box[3])
-  ax.set_title(surface)
-
-
-def _plot_surfaces(results, png_path, gif_path, frames: int):
-  plt = report.pyplot()
-  from matplotlib import animation  # pylint: disable=g-import-not-at-top
-  names = list(next(iter(results.values())))
-  colors = dict(zip(names, report.colors(len(names), "tab10")))
-  fig, axes = plt.subplots(1, len(SURFACES), figsize=(6 * len(SURFACES), 5.2))
-  lines = {}
-  for ax, surface in zip(axes, SURFACES):
-    _contours(ax, surface)
-    for name, r in results[surface].items():
-      lines[surface, name], = ax.plot(r["path"][:, 0], r["path"][:, 1], color=colors[name],
-                                      lw=1.6, label=f"{LABELS[name]} ({report.fmt(r['lr'])})")
-    ax.legend(fontsize=7, loc="lower left")
-  report.save(fig, png_path)
-
-  fig, axes = plt.subplots(1, len(SURFACES), figsize=(5 * len(SURFACES), 4.3))
-  for ax, surface in zip(axes, SURFACES):
-    _contours(ax, surface)
-    for name in names:
-      lines[surface, name], = ax.plot([], [], color=colors[name], lw=1.6, label=LABELS[name])
-  axes[0].legend(fontsize=7, loc="lower left")
-  steps = len(next(iter(results["beale"].values()))["path"])
-  cut = np.unique(np.geomspace(1, steps, frames).astype(int))  # Early steps move most.
-
-  def draw(k):
-    for (surface, name), line in lines.items():
-      path = results[surface][name]["path"][:cut[k]]
-      line.set_data(path[:, 0], path[:, 1])
-    return list(lines.values())
-
-  anim = animation.FuncAnimation(fig, draw, frames=len(cut), blit=True)
-  anim.save(gif_path, writer=animation.PillowWriter(fps=10), dpi=60)
-  plt.close(fig)
-
-
 # ------------------------------------------------------------ experiment
 
 
@@ -306,9 +166,9 @@ def analyze(exp: common.Experiment):
     titles["vgg"] = f"{config.vgg.model.name} x{config.vgg.model.width_multiplier:g} width"
   _plot_networks(exp, {titles[m]: s for m, s in per_model.items()},
                  exp.path("learning_curves.png"))
-  surfaces = _surface_results(config)
-  _plot_surfaces(surfaces, exp.path("surfaces.png"), exp.path("surfaces.gif"),
-                 frames=min(60, config.surface_steps))
+  surface_results = surfaces.results(config)
+  surfaces.plot(surface_results, LABELS, exp.path("surfaces.png"), exp.path("surfaces.gif"),
+                frames=min(60, config.surface_steps))
 
   headers = ["model", "optimizer", "best lr", "test accuracy", "steps to target",
              "group seconds to target", "diverged (best lr)"]
@@ -321,13 +181,6 @@ def analyze(exp: common.Experiment):
                     report.pm(*s["test_acc"]),
                     report.fmt(s["steps"][0]) if not math.isnan(s["steps"][0]) else "not reached",
                     report.fmt(s["seconds"][0]), s["diverged"]])
-  surface_headers = ["surface", "optimizer", "step size", "final f", "distance to minimum",
-                     "left the box"]
-  surface_table = [[surface, LABELS[name], report.fmt(r["lr"]), report.fmt(r["final"]),
-                    report.fmt(r["distance"]) if SURFACES[surface][2] else
-                    (f"escaped at step {r['escape_step']}" if r["escape_step"] is not None
-                     else "stuck"), "yes" if r["left"] else "no"]
-                   for surface, by_name in surfaces.items() for name, r in by_name.items()]
 
   summary = report.Report("Optimizers: the lineage from SGD to Nadam (summary)")
   summary.text(f"Target validation accuracy: MLP {config.target_accuracy:.0%}" +
@@ -356,50 +209,66 @@ def analyze(exp: common.Experiment):
   rep.image("surfaces.png", "Paths of the eight optimizers on Beale's function, the "
             "Rosenbrock valley and the saddle x^2 - y^2 (animated: surfaces.gif).")
   rep.image("surfaces.gif", "The same paths, animated.")
-  rep.table(surface_headers, surface_table)
-  exp.finish_report(rep, _reading(per_model, titles, config))
+  rep.table(surfaces.HEADERS, surfaces.table(surface_results, LABELS))
+  exp.finish_report(rep, reading(verdicts(per_model), titles))
 
 
-def _reading(per_model, titles, config) -> str:
-  text = []
-  adaptive_ok = []
+# Each general optimizer and a special case it includes (Choi et al. 2019).
+INCLUSIONS = (("adam", "momentum"), ("nadam", "nesterov"), ("adam", "rmsprop"), ("momentum", "sgd"))
+
+
+def verdicts(per_model: Dict[str, Dict]) -> Dict:
+  """What the networks show, from each model's per-optimizer stats alone:
+  the best and the spread, how far Adam is behind, whether each general
+  optimizer matched the special case it includes (within a std), which best
+  rates sit at the grid's edge, and whether "when unsure, Adam" holds."""
+  models = {}
+  inclusions = []
   for model, stats in per_model.items():
     ranked = sorted(stats.items(), key=lambda kv: -np.nan_to_num(kv[1]["test_acc"][0], nan=-1))
     best_name, best = ranked[0]
-    spread = best["test_acc"][0] - ranked[-1][1]["test_acc"][0]
-    text.append(f"{titles[model]}: best test accuracy {report.pm(*best['test_acc'])} with "
-                f"{LABELS[best_name]}; the spread from best to worst tuned optimizer is "
-                f"{spread:.3f}.")
+    m = {"best_name": best_name, "best": best,
+         "spread": best["test_acc"][0] - ranked[-1][1]["test_acc"][0]}
     if "adam" in stats and best_name != "adam":
       adam = stats["adam"]
-      gap = best["test_acc"][0] - adam["test_acc"][0]
-      text.append(f"Adam is {gap:.3f} behind the best" + (" (within one seed std)." if
-                                                          gap <= max(best["test_acc"][1],
-                                                                     adam["test_acc"][1])
-                                                          else "."))
-    for general, special in (("adam", "momentum"), ("nadam", "nesterov"), ("adam", "rmsprop"),
-                             ("momentum", "sgd")):
+      m["adam_gap"] = best["test_acc"][0] - adam["test_acc"][0]
+      m["adam_within_std"] = m["adam_gap"] <= max(best["test_acc"][1], adam["test_acc"][1])
+    models[model] = m
+    for general, special in INCLUSIONS:
       if general in stats and special in stats:
-        adaptive_ok.append(stats[general]["test_acc"][0] + stats[general]["test_acc"][1]
-                           >= stats[special]["test_acc"][0] - stats[special]["test_acc"][1])
-  edges = [f"{LABELS[n]} ({titles[m]})" for m, st in per_model.items() for n, s in st.items()
-           if s["edge"]]
-  if edges:
+        inclusions.append(stats[general]["test_acc"][0] + stats[general]["test_acc"][1]
+                          >= stats[special]["test_acc"][0] - stats[special]["test_acc"][1])
+  adam_holds = all(
+      s.get("adam") is None or (max(v["test_acc"][0] for v in s.values())
+                                - s["adam"]["test_acc"][0] <= max(s["adam"]["test_acc"][1], 0.005))
+      for s in per_model.values())
+  return {"models": models, "inclusions": inclusions, "adam_holds": adam_holds,
+          "edges": [(m, n) for m, st in per_model.items() for n, s in st.items() if s["edge"]]}
+
+
+def reading(v: Dict, titles: Dict[str, str]) -> str:
+  """The report's reading: words over `verdicts`."""
+  text = []
+  for model, m in v["models"].items():
+    text.append(f"{titles[model]}: best test accuracy {report.pm(*m['best']['test_acc'])} with "
+                f"{LABELS[m['best_name']]}; the spread from best to worst tuned optimizer is "
+                f"{m['spread']:.3f}.")
+    if "adam_gap" in m:
+      text.append(f"Adam is {m['adam_gap']:.3f} behind the best"
+                  + (" (within one seed std)." if m["adam_within_std"] else "."))
+  if v["edges"]:
     text.append("Best rates at the grid's edge, where a wider grid might do better: "
-                + ", ".join(edges) + ".")
+                + ", ".join(f"{LABELS[n]} ({titles[m]})" for m, n in v["edges"]) + ".")
+  ok = v["inclusions"]
   text.append("Choi et al. (2019) show that, tuned, an optimizer never does worse than the "
               "ones it includes as special cases (Adam includes Momentum and RMSProp; Nadam "
               "includes NAG); Schmidt et al. (2021) find that no optimizer dominates and that "
               "Adam is a strong default. Here, the more general optimizer matched its special "
-              f"case within a std in {sum(adaptive_ok)} of {len(adaptive_ok)} comparisons, which "
-              + ("agrees." if all(adaptive_ok) else "disagrees in the remaining cases "
+              f"case within a std in {sum(ok)} of {len(ok)} comparisons, which "
+              + ("agrees." if all(ok) else "disagrees in the remaining cases "
                  "(with this small a grid and budget, tuning noise can do that).")
               + " The seed's advice, when unsure, Adam, "
-              + ("holds: Adam is within one std of the best here." if all(
-                  s.get("adam") is None or (max(v["test_acc"][0] for v in s.values())
-                                            - s["adam"]["test_acc"][0]
-                                            <= max(s["adam"]["test_acc"][1], 0.005))
-                  for s in per_model.values()) else
+              + ("holds: Adam is within one std of the best here." if v["adam_holds"] else
                  "is a safe default here but not the winner everywhere."))
   return " ".join(text)
 

@@ -18,6 +18,8 @@ catch up; the reading says, from the runs, whether it did.
 """
 
 
+from typing import Dict
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -132,13 +134,9 @@ def _norms(probes, step, ids, depth) -> np.ndarray:
   return np.array([np.mean(by_layer[k]) for k in sorted(by_layer)])
 
 
-def analyze(exp: common.Experiment):
+def _plot_norms(exp, cells):
   config = exp.config
-  rows = exp.write_results()
-  probes = exp.rows("sgd", "probes.csv")
-  cells = _cells(rows, probes, config)
   plt = report.pyplot()
-
   for key, title, filename in (
       ("init_norms", "at initialization", "grad_norms_init.png"),
       ("trained_norms", "after training (best learning rate)", "grad_norms_trained.png")):
@@ -164,6 +162,10 @@ def analyze(exp: common.Experiment):
     fig.suptitle(f"Per-layer gradient norms {title}")
     report.save(fig, exp.path(filename))
 
+
+def _plot_accuracy(exp, cells):
+  config = exp.config
+  plt = report.pyplot()
   fig, axes = plt.subplots(1, len(config.inits), figsize=(6 * len(config.inits), 4),
                            squeeze=False, sharey=True)
   for ax, init in zip(axes[0], config.inits):
@@ -178,6 +180,13 @@ def analyze(exp: common.Experiment):
     ax.set_title(f"{init} init")
     ax.legend()
   report.save(fig, exp.path("accuracy_vs_depth.png"))
+
+
+def analyze(exp: common.Experiment):
+  config = exp.config
+  cells = _cells(exp.write_results(), exp.rows("sgd", "probes.csv"), config)
+  _plot_norms(exp, cells)
+  _plot_accuracy(exp, cells)
 
   def ratio(cell):
     norms = cell["init_norms"]
@@ -218,7 +227,8 @@ def analyze(exp: common.Experiment):
   rep.table(headers, ratio_table)
   rep.text("Test accuracy at the best learning rate:")
   rep.table(headers, acc_table)
-  exp.finish_report(rep, _reading(cells, config))
+  exp.finish_report(rep, reading(verdicts(cells, config.depths, config.activations,
+                                             config.inits), config))
 
 
 def _optimizer_text(config) -> str:
@@ -233,94 +243,121 @@ def _steps(config) -> int:
   return config.train.num_epochs * (common.num_train(config.train) // config.train.batch_size)
 
 
-def _depth_reading(cells, config) -> str:
+def _depth_verdicts(cells, depths) -> Dict:
   """How deep the He-initialized ReLU net goes while at least matching the
   shallowest one (within seed noise), and what sigmoid does there."""
-  shallow = min(config.depths)
-  relu = {d: cells[("modern", "relu", d)] for d in config.depths
-          if ("modern", "relu", d) in cells}
-  sig = {d: cells.get(("classic", "sigmoid", d)) or cells.get(("modern", "sigmoid", d))
-         for d in config.depths}
+  shallow = min(depths)
+  relu = {d: cells[("modern", "relu", d)] for d in depths if ("modern", "relu", d) in cells}
   if shallow not in relu or len(relu) < 2:
-    return ""
+    return {}
   m0, s0 = relu[shallow]["test_acc"]
 
   def matches(d):
     m, s = relu[d]["test_acc"]
     return m >= m0 - max(s0, s, 1e-3)
 
-  curve = ", ".join(f"{d}: {report.fmt(relu[d]['test_acc'][0], 3)}" for d in relu)
-  text = [f"Depth with ReLU + He init at this budget ({_optimizer_text(config)}, "
-          f"{_steps(config)} steps), test accuracy by hidden layers: {curve}."]
   deeper = [d for d in relu if d > shallow]
   held = [d for d in deeper if matches(d)]
-  trailing = [d for d in deeper if not matches(d)]
+  v = {"shallow": shallow, "relu": relu, "held": max(held) if held else None,
+       "trailing": [d for d in deeper if not matches(d)]}
   if held:
-    d = max(held)
+    sig = {d: cells.get(("classic", "sigmoid", d)) or cells.get(("modern", "sigmoid", d))
+           for d in (shallow, v["held"])}
+    if sig[v["held"]] and sig[shallow]:
+      v["sigmoid"] = (sig[v["held"]], sig[shallow])
+      v["sigmoid_collapses"] = sig[v["held"]]["test_acc"][0] < sig[shallow]["test_acc"][0] - 0.1
+  return v
+
+
+def verdicts(cells, depths, activations, inits) -> Dict:
+  """What the grid shows, from its cells alone ((init, activation, depth) ->
+  gradient norms and test accuracy): depth with ReLU + He init, the
+  first/last gradient ratios at the deepest setting, whether the classic init
+  holds ReLU back, Nielsen's 4-layer speed ratio, and whether it agrees with
+  Glorot & Bengio (2010)."""
+  deep = max(depths)
+  get = lambda init, act: cells.get((init, act, deep))  # noqa: E731
+  sig, relu, relu_he = get("classic", "sigmoid"), get("classic", "relu"), get("modern", "relu")
+  ratio = lambda cell: cell["init_norms"][0] / cell["init_norms"][-1]  # noqa: E731
+  four = cells.get(("classic", "sigmoid", 4))
+  sig_glorot = get("modern", "sigmoid")
+  return {
+      "deep": deep, "depth": _depth_verdicts(cells, depths), "sigmoid": sig, "relu": relu,
+      "relu_he": relu_he,
+      "ratios": (ratio(sig), ratio(relu)) if sig and relu else None,
+      "init_holds_relu_back": bool(relu and relu_he
+                                   and relu_he["test_acc"][0] > relu["test_acc"][0] + 0.05),
+      "four_layer_speed": (four["init_norms"][3] / four["init_norms"][0]
+                           if four is not None and len(four["init_norms"]) >= 5 else None),
+      "sigmoid_worst": all(
+          cells[init, "sigmoid", deep]["test_acc"][0] <= min(
+              cells[init, a, deep]["test_acc"][0] for a in activations)
+          for init in inits if (init, "sigmoid", deep) in cells),
+      "decays": bool(sig) and ratio(sig) < 0.1,
+      "glorot_helps": bool(sig_glorot and sig and
+                           sig_glorot["test_acc"][0] > sig["test_acc"][0]),
+  }
+
+
+def _depth_reading(d: Dict, config) -> str:
+  if not d:
+    return ""
+  relu, shallow = d["relu"], d["shallow"]
+  curve = ", ".join(f"{k}: {report.fmt(relu[k]['test_acc'][0], 3)}" for k in relu)
+  text = [f"Depth with ReLU + He init at this budget ({_optimizer_text(config)}, "
+          f"{_steps(config)} steps), test accuracy by hidden layers: {curve}."]
+  if d["held"] is not None:
+    held = d["held"]
     text.append(f"A deeper ReLU net at least matches the {shallow}-layer one (within one "
-                f"seed std, or above) up to {d} layers: {report.pm(*relu[d]['test_acc'], digits=3)}"
-                f" vs {report.pm(m0, s0, digits=3)}.")
-    if sig.get(d) and sig.get(shallow):
-      collapsed = sig[d]["test_acc"][0] < sig[shallow]["test_acc"][0] - 0.1
-      text.append(f"Sigmoid at {d} layers: {report.pm(*sig[d]['test_acc'], digits=3)} against "
-                  f"{report.pm(*sig[shallow]['test_acc'], digits=3)} at {shallow}: " +
-                  ("it collapses, so the textbook picture holds there." if collapsed else
-                   "it does not collapse there at this budget."))
+                f"seed std, or above) up to {held} layers: "
+                f"{report.pm(*relu[held]['test_acc'], digits=3)} vs "
+                f"{report.pm(*relu[shallow]['test_acc'], digits=3)}.")
+    if "sigmoid" in d:
+      deep_sig, shallow_sig = d["sigmoid"]
+      text.append(f"Sigmoid at {held} layers: {report.pm(*deep_sig['test_acc'], digits=3)} "
+                  f"against {report.pm(*shallow_sig['test_acc'], digits=3)} at {shallow}: " +
+                  ("it collapses, so the textbook picture holds there." if
+                   d["sigmoid_collapses"] else "it does not collapse there at this budget."))
   else:
     text.append(f"It does not hold here: no deeper ReLU net matches the {shallow}-layer one.")
-  if trailing:
-    text.append(f"At {', '.join(map(str, trailing))} layers ReLU + He trails the "
+  if d["trailing"]:
+    text.append(f"At {', '.join(map(str, d['trailing']))} layers ReLU + He trails the "
                 f"{shallow}-layer net by more than the seed spread: this budget is too short "
                 "for depth to pay there.")
   return " ".join(text)
 
 
-def _reading(cells, config) -> str:
-  deep = max(config.depths)
-  text = []
-  depth = _depth_reading(cells, config)
-  if depth:
-    text.append(depth)
-  get = lambda init, act: cells.get((init, act, deep))  # noqa: E731
-  sig, relu = get("classic", "sigmoid"), get("classic", "relu")
-  if sig and relu:
-    r_sig = sig["init_norms"][0] / sig["init_norms"][-1]
-    r_relu = relu["init_norms"][0] / relu["init_norms"][-1]
+def reading(v: Dict, config) -> str:
+  """The report's reading: words over `verdicts`."""
+  deep, sig, relu = v["deep"], v["sigmoid"], v["relu"]
+  text = [t for t in [_depth_reading(v["depth"], config)] if t]
+  if v["ratios"]:
     text.append(f"With the classic init and {deep} hidden layers, the first layer's gradient "
-                f"is {report.fmt(r_sig)} times the output layer's for sigmoid and "
-                f"{report.fmt(r_relu)} for ReLU.")
+                f"is {report.fmt(v['ratios'][0])} times the output layer's for sigmoid and "
+                f"{report.fmt(v['ratios'][1])} for ReLU.")
     text.append(f"Test accuracy there: sigmoid {report.pm(*sig['test_acc'], digits=3)}, ReLU "
                 f"{report.pm(*relu['test_acc'], digits=3)}.")
-  relu_modern = get("modern", "relu")
-  if relu and relu_modern and relu_modern["test_acc"][0] > relu["test_acc"][0] + 0.05:
+  if v["init_holds_relu_back"]:
     text.append(f"ReLU alone is not the whole fix: with the classic small init the "
                 f"{deep}-layer ReLU net reaches only {report.fmt(relu['test_acc'][0], 3)}, "
-                f"with He init {report.fmt(relu_modern['test_acc'][0], 3)} (the classic init "
+                f"with He init {report.fmt(v['relu_he']['test_acc'][0], 3)} (the classic init "
                 "shrinks the signal by a constant factor per layer).")
-  four = cells.get(("classic", "sigmoid", 4))
-  if four is not None and len(four["init_norms"]) >= 5:
-    speed = four["init_norms"][3] / four["init_norms"][0]
+  if v["four_layer_speed"] is not None:
     text.append(f"In the 4-hidden-layer sigmoid net the fourth hidden layer's gradient is "
-                f"{speed:.0f}x the first's (Nielsen, ch. 5, reports about 100x for his "
-                "[784, 30, 30, 30, 30, 10] sigmoid net).")
-  sig_worst = all(
-      cells[init, "sigmoid", deep]["test_acc"][0] <= min(
-          cells[init, a, deep]["test_acc"][0] for a in config.activations)
-      for init in config.inits if (init, "sigmoid", deep) in cells)
-  decays = bool(sig) and sig["init_norms"][0] / sig["init_norms"][-1] < 0.1
+                f"{v['four_layer_speed']:.0f}x the first's (Nielsen, ch. 5, reports about 100x "
+                "for his [784, 30, 30, 30, 30, 10] sigmoid net).")
+  worst, decays = v["sigmoid_worst"], v["decays"]
   text.append("Glorot & Bengio (2010) find sigmoid the worst activation, with deep sigmoid "
               "nets saturating and stalling. This run "
               + ("agrees: the sigmoid gradient decays toward the input and sigmoid is the "
-                 "worst at the deepest setting." if sig_worst and decays else
+                 "worst at the deepest setting." if worst and decays else
                  "only partly agrees: " + ("the gradient decays toward the input, " if decays
                                           else "the gradient does not decay by 10x, ")
-                 + ("and sigmoid is the worst at the deepest setting." if sig_worst else
+                 + ("and sigmoid is the worst at the deepest setting." if worst else
                     "but sigmoid is not the worst at the deepest setting."))
               + (" With Glorot init sigmoid nets train better than with the classic init, "
-                 "as the paper's normalized init intends." if
-                 ("modern", "sigmoid", deep) in cells and sig and
-                 cells["modern", "sigmoid", deep]["test_acc"][0] > sig["test_acc"][0] else ""))
-  return " ".join(text) if text else "No cells to compare."
+                 "as the paper's normalized init intends." if v["glorot_helps"] else ""))
+  return " ".join(text)
 
 
 def run():
