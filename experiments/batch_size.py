@@ -378,7 +378,6 @@ def reading(v: Dict, num_train: int, target: float) -> str:
 
 
 def run():
-  common.define_flags(get_config)
   common.run(NAME, get_config, train)
 
 

@@ -238,8 +238,10 @@ def dataset_note(train_config: ml_collections.ConfigDict) -> str:
 
 def run(name: str, get_config, train_and_analyze: Callable[[Experiment], Optional[str]],
         prepare: Optional[Callable[[ml_collections.ConfigDict], None]] = None):
-  """The absl entry point of experiment `name`; prepare(config) may adapt the
-  config to the data (it runs after the overrides, before validation)."""
+  """The absl entry point of experiment `name`, with its flags
+  (define_flags); prepare(config) may adapt the config to the data (it runs
+  after the overrides, before validation)."""
+  define_flags(get_config)
 
   def main(argv):
     cli.exit_on_ctrl_c(name)

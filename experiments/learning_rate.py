@@ -202,7 +202,6 @@ def reading(v: Dict) -> str:
 
 
 def run():
-  common.define_flags(get_config)
   common.run(NAME, get_config, train)
 
 

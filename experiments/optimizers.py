@@ -274,7 +274,6 @@ def reading(v: Dict, titles: Dict[str, str]) -> str:
 
 
 def run():
-  common.define_flags(get_config)
   common.run(NAME, get_config, train, prepare=prepare)
 
 

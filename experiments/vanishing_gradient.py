@@ -361,7 +361,6 @@ def reading(v: Dict, config) -> str:
 
 
 def run():
-  common.define_flags(get_config)
   common.run(NAME, get_config, train)
 
 
