@@ -20,7 +20,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   optim.validate(config)
   _validate_run(config)
   finetune.validate(config)
-  data.validate(config.dataset)
+  data.validate(checks.get(config, "dataset"))
   _validate_model_meets_data(config)
 
 

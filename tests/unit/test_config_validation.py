@@ -98,3 +98,27 @@ def test_every_documented_config_validates(name, variant):
   if variant == "vgg_bn":  # The >= 0.94 recipe docs/data.md quotes.
     assert (config.model.name, config.model.width_multiplier, config.model.batch_norm,
             config.dataset.flip, config.num_epochs) == ("vgg16", 0.25, True, True, 30)
+
+
+def test_each_part_validates_its_own_keys():
+  """optim, models (kernels), finetune and data check their own sections;
+  config_validation only runs them and the checks that span sections."""
+  from vgg_jax import config_lib, data, finetune, models, optim
+  config = config_lib.base_config()
+  for part, key, value in ((optim, "optimizer.name", "adamx"),
+                           (models, "model.conv_lowering", "winograd"),
+                           (finetune, "model.freeze", "everything")):
+    bad = config_lib.base_config()
+    bad.model.name = "vgg11"  # conv_lowering is a VGG key.
+    section, leaf = key.split(".")
+    bad[section][leaf] = value
+    with pytest.raises(ConfigError, match=key):
+      part.validate(bad)
+    part.validate(config)
+  bad = config_lib.base_config().dataset
+  bad.name, bad.synthetic.image_shape = "synthetic", (8, 8)
+  with pytest.raises(ConfigError, match="dataset.synthetic.image_shape"):
+    data.validate(bad)
+  del config["dataset"]
+  with pytest.raises(ConfigError, match="dataset"):
+    config_validation.validate(config)

@@ -216,3 +216,24 @@ def test_im2col_training_steps_match_xla_after_updates():
       norms[lowering].append(float(m["grad_norm"]))
   for lowering, got in norms.items():
     np.testing.assert_allclose(got, norms["xla"], rtol=1e-4, err_msg=lowering)
+
+
+def test_vgg_is_drawn_with_flax_conv_and_max_pool_and_cpu_kernels_swap_in():
+  """xla keeps flax's own nn.Conv and nn.max_pool; the CPU lowerings inject
+  kernels with the same call (a 3x3 'SAME' conv only) and parameters."""
+  import flax.linen as nn
+  from vgg_jax import kernels
+  cfg = config_lib.base_config().model
+  cfg.name, cfg.width_multiplier, cfg.classifier_sizes = "vgg11", 0.125, (16,)
+  cfg.conv_lowering = "xla"
+  model = models.create_model(cfg, 3)
+  assert model.conv is nn.Conv and model.pool is nn.max_pool
+  cfg.conv_lowering = "blocked"
+  blocked = models.create_model(cfg, 3)
+  assert blocked.conv.func is kernels.Conv3x3 and blocked.pool.func is kernels.max_pool
+  assert blocked == models.create_model(cfg, 3)  # Equal modules: compiled once.
+  x = jnp.ones((2, 32, 32, 1))
+  shapes = lambda m: jax.tree.map(jnp.shape, m.init(jax.random.PRNGKey(0), x, train=False))
+  assert shapes(model) == shapes(blocked)
+  with pytest.raises(ValueError, match="only 3x3 'SAME'"):
+    kernels.Conv3x3(4, kernel_size=(5, 5)).init(jax.random.PRNGKey(0), x)

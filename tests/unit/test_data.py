@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import dataset_config, png_header, tiny_config, write_idx_dir, write_images
-from vgg_jax import data, metrics, training
+from vgg_jax import config_lib, data, metrics, training
 from vgg_jax.data import idx, pipeline
 from vgg_jax.errors import ConfigError, DataError
 
@@ -235,3 +235,45 @@ def test_digits_are_scikit_learns_load_digits_without_importing_it():
   assert images.dtype == reference.images.dtype and labels.dtype == reference.target.dtype
   np.testing.assert_array_equal(images, reference.images)
   np.testing.assert_array_equal(labels, reference.target)
+
+
+def test_every_dataset_name_is_one_source_that_knows_its_facts():
+  """The registry: one Source per name, answering without reading data; a
+  register()ed loader joins it (and can be found again by name)."""
+  from vgg_jax.data import registry, tfds_source
+  config = config_lib.base_config().dataset
+  assert data.DATASETS == tuple(registry.SOURCES)
+  facts = {}
+  for name in data.DATASETS:
+    config.name = name
+    facts[name] = (data.native_shape(config), data.num_classes(config)
+                   if name not in ("imagenet2012", "image_folder") else None)
+  assert facts["fashion_mnist"] == ((28, 28, 1), 10)
+  assert facts["cats_vs_dogs"] == ((None, None, 3), 2)
+  assert facts["image_folder"][0] == (None, None, 3)
+  fmnist = registry.SOURCES["fashion_mnist"]
+  assert isinstance(fmnist, tfds_source.TfdsSource) and fmnist.idx_dir.endswith("fashion-mnist")
+  assert fmnist.class_names(config)[7] == "Sneaker" and fmnist.mean_std == ((0.2860,), (0.3530,))
+  data.register("tiny_registry_test", lambda: {"train": (np.zeros((4, 2), np.float32),
+                                                         np.array([0, 1, 0, 1]))})
+  config.name = "tiny_registry_test"
+  assert data.is_user(config) and not data.is_image(config)
+  assert data.source(config).native_shape(config) == (2,)
+
+
+def test_the_hold_out_carve_is_fixed_and_says_what_went_wrong():
+  """One carve for digits' test split, a loader's missing test split and the
+  validation split: seed-independent; an empty side is one error."""
+  from vgg_jax.data import transforms
+  held, rest = transforms.hold_out(10, 3, key="k", value=0.3, of="examples", too_few="few")
+  again = transforms.hold_out(10, 3, key="k", value=0.3, of="examples", too_few="few")
+  assert (held == again[0]).all() and sorted(list(held) + list(rest)) == list(range(10))
+  assert list(held) == sorted(held)
+  unsorted, _ = transforms.hold_out(10, 3, key="k", value=0.3, of="examples", too_few="few",
+                                    sort=False)
+  assert sorted(unsorted) == list(held)
+  with pytest.raises(ConfigError, match="between 1 and 9 of the 10 examples"):
+    transforms.hold_out(10, 10, key="dataset.test_fraction", value=0.99, of="examples",
+                        too_few="few")
+  with pytest.raises(DataError, match="^few$"):
+    transforms.hold_out(1, 1, key="k", value=0.5, of="examples", too_few="few")

@@ -95,7 +95,7 @@ def use_streaming(config: ml_collections.ConfigDict) -> bool:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the dataset section (config.dataset) without reading data, except
   that a user's loader runs once (its arrays are kept for the run)."""
-  if not user_lib.is_user(config.name):
+  if not user_lib.is_user(checks.get(config, "name", P)):
     checks.choice(config, "name", DATASETS + ("module:function", "file.py:function"), P)
   checks.choice(config, "normalization", NORMALIZATIONS, P)
   checks.choice(config, "pipeline", PIPELINES, P)
