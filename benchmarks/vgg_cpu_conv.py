@@ -156,13 +156,13 @@ def per_layer_ms(multiplier, which, repeats):
     x = jax.random.normal(keys[0], (BATCH, h, w, cin))
     k = jax.random.normal(keys[1], (3, 3, cin, cout)) * 0.05
     g = jax.random.normal(keys[2], (BATCH, h, w, cout))
-    layer = conv.Conv3x3(cout, lowering=which)
+    layer = conv.Conv3x3(cout, lowering=which, activation=jax.nn.relu)
     params = layer.init(jax.random.PRNGKey(0), x)
     params = {"params": {"kernel": k, "bias": params["params"]["bias"]}}
     if cin == 1:  # The image: no input gradient, as in training.
-      fn = jax.jit(lambda p, g, x=x: jax.vjp(lambda p: jax.nn.relu(layer.apply(p, x)), p)[1](g))
+      fn = jax.jit(lambda p, g, x=x: jax.vjp(lambda p: layer.apply(p, x), p)[1](g))
     else:
-      fn = jax.jit(lambda p, g, x: jax.vjp(lambda p, x: jax.nn.relu(layer.apply(p, x)), p, x)[1](g))
+      fn = jax.jit(lambda p, g, x: jax.vjp(lambda p, x: layer.apply(p, x), p, x)[1](g))
     args = (params, g) if cin == 1 else (params, g, x)
     times.append(best_seconds(lambda: jax.block_until_ready(fn(*args)), repeats, 3))
   return times

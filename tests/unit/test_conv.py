@@ -219,15 +219,18 @@ def test_im2col_training_steps_match_xla_after_updates():
 
 
 def test_vgg_is_drawn_with_flax_conv_and_max_pool_and_cpu_kernels_swap_in():
-  """xla keeps flax's own nn.Conv and nn.max_pool; the CPU lowerings inject
-  kernels with the same call (a 3x3 'SAME' conv only) and parameters."""
+  """xla keeps flax's own nn.Conv (followed by the ReLU) and nn.max_pool; the
+  CPU lowerings inject kernels with the same call (a 3x3 'SAME' conv only)
+  and parameters."""
   import flax.linen as nn
   from vgg_jax import kernels
+  from vgg_jax.models import components
   cfg = config_lib.base_config().model
   cfg.name, cfg.width_multiplier, cfg.classifier_sizes = "vgg11", 0.125, (16,)
   cfg.conv_lowering = "xla"
   model = models.create_model(cfg, 3)
-  assert model.conv is nn.Conv and model.pool is nn.max_pool
+  assert model.conv is components.Conv and model.pool is nn.max_pool
+  assert issubclass(components.Conv, nn.Conv)
   cfg.conv_lowering = "blocked"
   blocked = models.create_model(cfg, 3)
   assert blocked.conv.func is kernels.Conv3x3 and blocked.pool.func is kernels.max_pool

@@ -116,7 +116,7 @@ def test_auto_resolution():
 
 
 def test_bfloat16_model_on_auto_runs_the_blocked_lowering():
-  layer = conv.Conv3x3(16, dtype=jnp.bfloat16)
+  layer = conv.Conv3x3(16, dtype=jnp.bfloat16, activation=jax.nn.relu)
   x = jnp.ones((2, 4, 4, 8), jnp.bfloat16)
   params = layer.init(jax.random.PRNGKey(0), x)
   assert layer.apply(params, x).dtype == jnp.bfloat16

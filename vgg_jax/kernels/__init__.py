@@ -1,15 +1,16 @@
 """CPU kernels for VGG's 3x3 convolutions and 2x2 max pools.
 
-models/vgg.py draws VGG with flax's nn.Conv and nn.max_pool. XLA:CPU runs
-convolutions far below its matmul speed, so on CPU `create_model` injects
-these instead, chosen by model.conv_lowering (conv.py lists them): the same
-parameters and numbers, computed as blocked matmuls or by oneDNN's kernels
-(onednn.py, native/onednn_conv.cc). docs/cpu_convolutions.md has the
-measurements behind each choice.
+models/vgg.py draws VGG with flax's nn.Conv (plus its ReLU) and nn.max_pool.
+XLA:CPU runs convolutions far below its matmul speed, so on CPU
+`create_model` injects these instead, chosen by model.conv_lowering (conv.py
+lists them): the same parameters and numbers, computed as blocked matmuls or
+by oneDNN's kernels (onednn.py, native/onednn_conv.cc), with the ReLU in the
+convolution's own pass. docs/cpu_convolutions.md has the measurements behind
+each choice.
 """
 
 import functools
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import flax.linen as nn
 import ml_collections
@@ -22,11 +23,11 @@ from vgg_jax.kernels.pooling import max_pool
 
 
 @functools.lru_cache(maxsize=None)  # The same objects each time: equal modules hash equal.
-def conv_and_pool(lowering: str) -> Tuple[Callable[..., nn.Module], Callable]:
-  """(the conv module, the pool function) for a lowering: flax's own nn.Conv
-  and nn.max_pool where it resolves to xla (as `auto` does on GPU/TPU)."""
+def conv_and_pool(lowering: str) -> Optional[Tuple[Callable[..., nn.Module], Callable]]:
+  """(the conv module, the pool function) for a lowering, or None where it
+  resolves to xla (as `auto` does on GPU/TPU): flax's own are right there."""
   if resolve(lowering) == "xla":
-    return nn.Conv, nn.max_pool
+    return None
   return (functools.partial(Conv3x3, lowering=lowering),
           functools.partial(max_pool, lowering=lowering))
 

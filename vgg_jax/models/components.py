@@ -1,4 +1,7 @@
-"""Building blocks chosen by config name: activations, kernel initializers, compute dtypes."""
+"""Building blocks chosen by config name: activations, kernel initializers,
+compute dtypes; and the convolution VGG draws by default."""
+
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -33,3 +36,16 @@ def activation(name: str):
 
 def kernel_init(name: str) -> jax.nn.initializers.Initializer:
   return KERNEL_INITS[name]
+
+
+class Conv(nn.Conv):
+  """flax's nn.Conv followed by an optional activation: the deck's
+  Conv2D(64, (3, 3), activation="relu", padding="same"). The CPU kernels
+  (vgg_jax.kernels.Conv3x3) take the same call and apply a ReLU in the
+  convolution's own pass over memory."""
+
+  activation: Optional[Callable] = None
+
+  def __call__(self, inputs):
+    y = super().__call__(inputs)
+    return y if self.activation is None else self.activation(y)

@@ -8,9 +8,11 @@ five pools. Then flatten, a classifier of FC-ReLU-Dropout blocks, and the
 head (softmax is in the loss). Parameter names (conv{stage}_{i}, fc{j}, head)
 follow the paper's layer numbering so imported weights map 1:1.
 
-The convolution and the pool are module fields, flax's nn.Conv and
-nn.max_pool unless create_model injects the CPU kernels (vgg_jax/kernels)
-that compute the same thing faster there.
+The convolution and the pool are module fields: flax's nn.Conv (with the
+activation after it, as the deck's Keras code writes Conv2D(...,
+activation="relu")) and nn.max_pool, unless create_model injects the CPU
+kernels (vgg_jax/kernels), which compute the same numbers faster there and
+apply the ReLU in the convolution's own pass.
 """
 
 import functools
@@ -57,8 +59,9 @@ class VGG(nn.Module):
   dtype: Any = jnp.float32
   # Under pmap: the device axis, so BatchNorm averages statistics across it.
   bn_axis_name: Optional[str] = None
-  # Called as nn.Conv and nn.max_pool are (kernels.conv_and_pool for CPU).
-  conv: Callable[..., nn.Module] = nn.Conv
+  # Called as nn.Conv (plus activation=) and nn.max_pool are; on CPU,
+  # create_model passes kernels.conv_and_pool's.
+  conv: Callable[..., nn.Module] = components.Conv
   pool: Callable = nn.max_pool
 
   @nn.compact
@@ -73,16 +76,17 @@ class VGG(nn.Module):
           f"need at least {min_input_size(self.stages)}x{min_input_size(self.stages)}")
     act = components.activation(self.activation)
     conv = functools.partial(self.conv, kernel_size=(3, 3), padding="SAME",  # zero padding
-                             use_bias=not self.batch_norm,
                              kernel_init=components.kernel_init(self.kernel_init), dtype=self.dtype)
     for s, stage in enumerate(self.stages, start=1):
       for i, channels in enumerate(stage, start=1):
-        x = conv(scaled_width(channels, self.width_multiplier), name=f"conv{s}_{i}")(x)
-        if self.batch_norm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                           axis_name=self.bn_axis_name if train else None,
-                           name=f"bn{s}_{i}")(x)
-        x = act(x)  # ReLU
+        width, name = scaled_width(channels, self.width_multiplier), f"conv{s}_{i}"
+        if self.batch_norm:  # 3x3 convolution, BatchNorm, ReLU.
+          x = conv(width, use_bias=False, name=name)(x)
+          x = act(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                               axis_name=self.bn_axis_name if train else None,
+                               name=f"bn{s}_{i}")(x))
+        else:  # 3x3 convolution with ReLU.
+          x = conv(width, activation=act, name=name)(x)
       x = self.pool(x, window_shape=(2, 2), strides=(2, 2), padding="SAME")  # 2x2 max pool
     x = x.reshape((x.shape[0], -1))
     if cut == "conv":
