@@ -21,10 +21,8 @@ weights take RGB in [0, 1] normalized by ImageNet's mean and std. Nothing is
 downloaded: the path is a config value (`model.pretrained`).
 """
 
-import json
 import os
 import re
-import struct
 from typing import Dict, List, Tuple
 
 import numpy as np

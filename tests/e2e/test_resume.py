@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import (DEFAULT, DEFAULT_LONGER, MEMORY_ARGS, REPO, built_once,
-                      in_a_mount_namespace, messages, read_csv, rows, run_cli, status,
+                      in_a_mount_namespace, messages, rows, run_cli, status,
                       subprocess_env, sweep_rows, write_sweep_config)
 from vgg_jax import preemption
 from vgg_jax.errors import UserError

@@ -31,7 +31,7 @@ SOURCES: Dict[str, Source] = {
 DATASETS = tuple(SOURCES)
 NORMALIZATIONS = ("auto", "computed", "unit", "imagenet")
 PIPELINES = ("auto", "memory", "streaming")
-P = "dataset."  # Where the dataset section sits in a config, for error messages.
+_PREFIX = "dataset."  # Where the dataset section sits in a config, for error messages.
 
 
 def is_user(config: ml_collections.ConfigDict) -> bool:
@@ -95,18 +95,18 @@ def use_streaming(config: ml_collections.ConfigDict) -> bool:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the dataset section (config.dataset) without reading data, except
   that a user's loader runs once (its arrays are kept for the run)."""
-  if not user_lib.is_user(checks.get(config, "name", P)):
-    checks.choice(config, "name", DATASETS + ("module:function", "file.py:function"), P)
-  checks.choice(config, "normalization", NORMALIZATIONS, P)
-  checks.choice(config, "pipeline", PIPELINES, P)
+  if not user_lib.is_user(checks.get(config, "name", _PREFIX)):
+    checks.choice(config, "name", DATASETS + ("module:function", "file.py:function"), _PREFIX)
+  checks.choice(config, "normalization", NORMALIZATIONS, _PREFIX)
+  checks.choice(config, "pipeline", PIPELINES, _PREFIX)
   for key, low, extra in (("image_size", 0, ()), ("channels", 0, ()),
                           ("num_train_examples", 1, (-1,)), ("crop_padding", 0, ()),
                           ("memory_limit_mb", 1, ()), ("shuffle_buffer", 1, ())):
-    checks.number(config, key, low, integer=True, extra=extra, prefix=P)
+    checks.number(config, key, low, integer=True, extra=extra, prefix=_PREFIX)
   if config.channels not in (0, 1, 3):
     raise ConfigError("dataset.channels", config.channels, "0 (native), 1 or 3")
-  checks.number(config, "test_fraction", 0, 1, low_open=True, high_open=True, prefix=P)
-  checks.number(config, "validation_fraction", 0, 1, high_open=True, prefix=P)
+  checks.number(config, "test_fraction", 0, 1, low_open=True, high_open=True, prefix=_PREFIX)
+  checks.number(config, "validation_fraction", 0, 1, high_open=True, prefix=_PREFIX)
   src = source(config)
   src.validate(config)
   if config.pipeline == "streaming" and not isinstance(src, tfds_source.TfdsSource):
