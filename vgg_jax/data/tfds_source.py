@@ -42,10 +42,6 @@ class TfdsSource(Source):
   names: Optional[Tuple[str, ...]] = None  # None: from the builder's metadata.
   idx_dir: str = ""
 
-  @property
-  def tfds_name(self) -> str:
-    return self.name
-
   def class_names(self, config):
     return self.names if self.names is not None else class_names(self.name)
 
@@ -69,7 +65,7 @@ class TfdsSource(Source):
   def load(self, config):
     tried: List[str] = []
     streaming = self.streams(config)
-    b = _prepared(config, tried)
+    b = _prepared(config, self.test_split, tried)
     source = f"TFDS {self.name} in {config.data_dir or 'the default data_dir'}"
     if b is None and self.idx_dir and not streaming:
       arrays, where = _idx_arrays(config, self.idx_dir, tried)
@@ -131,11 +127,11 @@ SOURCES = {s.name: s for s in (
 )}
 
 
-def _prepared(config, tried, **kwargs):
+def _prepared(config, test_split: str, tried):
   """A builder whose data is prepared, or None."""
   b = builder(config.name, config.data_dir)
   where = config.data_dir or "the default TFDS data_dir"
-  if try_as_dataset(b, SOURCES[config.name].test_split, **kwargs):
+  if try_as_dataset(b, test_split):
     return b
   tried.append(f"TFDS data in {where}: not prepared")
   return None
@@ -178,7 +174,7 @@ def import_tf():
 
 def builder(name: str, data_dir: str):
   _, tfds = import_tf()
-  return tfds.builder(SOURCES[name].tfds_name, data_dir=data_dir or None)
+  return tfds.builder(name, data_dir=data_dir or None)
 
 
 def class_names(name: str) -> Tuple[str, ...]:

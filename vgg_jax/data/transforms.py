@@ -18,19 +18,20 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def hold_out(n: int, num: int, *, key: str, value, of: str, too_few: str,
-             sort: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+             zero_allowed: bool = False, sort: bool = True) -> Tuple[np.ndarray, np.ndarray]:
   """(held, rest) indices: a fixed, seed-independent carve of `num` of `n`
   examples, so that every seed is scored on the same ones.
 
   `key=value` is the config entry that asked for it, named when `num` would
-  leave either side empty; `too_few` is the error when n < 2. digits keeps
+  leave either side empty (zero_allowed: the key may also be 0, for no
+  split); `too_few` is the error when n < 2. digits keeps
   its permuted order (sort=False), as its first version did, so that its
   results stay comparable.
   """
   if n < 2:
     raise DataError(too_few)
   if not 0 < num < n:
-    zero = "0 (no validation split), or " if key == "dataset.validation_fraction" else ""
+    zero = "0 (no validation split), or " if zero_allowed else ""
     raise ConfigError(key, value, f"{zero}a fraction that holds out between 1 and {n - 1} of "
                       f"the {n} {of}")
   order = np.random.default_rng(0).permutation(n)
@@ -58,7 +59,7 @@ def carve(config: ml_collections.ConfigDict, splits: Dict[str, Split]) -> Dict[s
     val, rest = hold_out(
         len(y), int(round(len(y) * config.validation_fraction)),
         key="dataset.validation_fraction", value=config.validation_fraction,
-        of="training examples",
+        of="training examples", zero_allowed=True,
         too_few=f"{config.name} has {len(y)} training example: too few to hold out a "
         "validation split; add data, or set dataset.validation_fraction=0")
     splits = {**splits, "validation": (x[val], y[val])}

@@ -27,14 +27,15 @@ def create_model(model_config: ml_collections.ConfigDict, num_outputs: int,
                dropout_rate=model_config.dropout_rate,
                input_dropout_rate=model_config.input_dropout_rate, dtype=compute_dtype)
   if name in VGG_STAGES:
-    cpu_kernels = kernels.conv_and_pool(model_config.conv_lowering)  # None: flax's own.
+    cpu_kernels = kernels.conv_and_pool(model_config.conv_lowering)
+    injected = {} if cpu_kernels is None else {"conv": cpu_kernels[0], "pool": cpu_kernels[1]}
     return VGG(stages=VGG_STAGES[name], num_outputs=num_outputs,
                classifier_sizes=tuple(model_config.classifier_sizes),
                dropout_rate=model_config.dropout_rate, batch_norm=model_config.batch_norm,
                width_multiplier=model_config.width_multiplier,
                activation=model_config.activation, kernel_init=model_config.kernel_init,
                dtype=compute_dtype, bn_axis_name=bn_axis_name,
-               **dict(zip(("conv", "pool"), cpu_kernels or ())))
+               **injected)
   raise KeyError(name)
 
 
