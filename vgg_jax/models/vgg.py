@@ -79,14 +79,14 @@ class VGG(nn.Module):
                              kernel_init=components.kernel_init(self.kernel_init), dtype=self.dtype)
     for s, stage in enumerate(self.stages, start=1):
       for i, channels in enumerate(stage, start=1):
-        width, name = scaled_width(channels, self.width_multiplier), f"conv{s}_{i}"
+        features, name = scaled_width(channels, self.width_multiplier), f"conv{s}_{i}"
         if self.batch_norm:  # 3x3 convolution, BatchNorm, ReLU.
-          x = conv(width, use_bias=False, name=name)(x)
+          x = conv(features, use_bias=False, name=name)(x)
           x = act(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                                axis_name=self.bn_axis_name if train else None,
                                name=f"bn{s}_{i}")(x))
         else:  # 3x3 convolution with ReLU.
-          x = conv(width, activation=act, name=name)(x)
+          x = conv(features, activation=act, name=name)(x)
       x = self.pool(x, window_shape=(2, 2), strides=(2, 2), padding="SAME")  # 2x2 max pool
     x = x.reshape((x.shape[0], -1))
     if cut == "conv":
